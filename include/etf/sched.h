@@ -1,0 +1,215 @@
+/* The ETF scheduler: tenants (entities), their models and their inference tasks, and the
+ * dispatcher that decides, kernel by kernel, who runs on the device.
+ *
+ * Every runnable entity gets a slice of the quantum Q: at least phi * Q * w_i / W (its
+ * weighted time share), and the rest of Q is water-filled so that the entities with the
+ * lowest weight-normalised energy P_i * s_i / w_i are raised first (see alloc.h). The
+ * dispatcher runs the entity with the least virtual runtime until its slice is used (the
+ * last kernel may overrun it), then advances its vruntime by used / slice.
+ *
+ * Two drivers, one dispatcher: a server calls etf_sched_start() and submits from any
+ * thread; a simulator or a test calls etf_sched_step() from its own loop on a virtual
+ * clock, with no threads at all, which makes runs deterministic.
+ *
+ * Threads: every function here may be called from any thread, except that
+ * etf_sched_step() must not run concurrently with itself, with a started dispatcher, or
+ * with etf_sched_stop() / etf_sched_destroy().
+ * Completion callbacks run on the dispatching thread with no scheduler lock held: they may
+ * call back into the scheduler (submit the next request, read stats).
+ */
+#ifndef ETF_SCHED_H
+#define ETF_SCHED_H
+
+#include "etf/etf.h"
+#include "etf/profile.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct etf_sched;
+struct etf_device;
+struct etf_meter;
+struct etf_freq;
+
+/* ---- Backends, opened by name (registries in src/device, src/meter, src/freq) ---- */
+
+struct etf_device_config {
+    /* Simulated device: when set, a kernel advances this clock by its duration instead of
+     * sleeping for it. The scheduler must then be given the same clock. */
+    struct etf_vclock *vclock;
+    /* Worker threads for CPU devices; 0 = the backend's default. */
+    int threads;
+};
+/* Opens device backend `name` ("sim", ...). *out is owned by the caller: close it after
+ * the scheduler that uses it is destroyed. */
+int etf_device_open(const char *name, const struct etf_device_config *cfg,
+                    struct etf_device **out, struct etf_diag *diag);
+void etf_device_close(struct etf_device *dev);
+const char *etf_device_name(const struct etf_device *dev);
+/* NULL-terminated list of the device backends this build has. */
+const char *const *etf_device_names(void);
+
+struct etf_meter_config {
+    int reserved; /* hardware meters add their settings here */
+};
+int etf_meter_open(const char *name, const struct etf_meter_config *cfg, struct etf_meter **out,
+                   struct etf_diag *diag);
+void etf_meter_close(struct etf_meter *m);
+const char *etf_meter_name(const struct etf_meter *m);
+const char *const *etf_meter_names(void);
+
+struct etf_freq_config {
+    /* Frequency the controller reports before its first switch; 0 = unknown. */
+    uint64_t initial_hz;
+};
+int etf_freq_open(const char *name, const struct etf_freq_config *cfg, struct etf_freq **out,
+                  struct etf_diag *diag);
+void etf_freq_close(struct etf_freq *f);
+const char *etf_freq_name(const struct etf_freq *f);
+const char *const *etf_freq_names(void);
+/* Number of frequency switches the controller has carried out. */
+uint64_t etf_freq_switches(const struct etf_freq *f);
+
+/* ---- The scheduler ---- */
+
+struct etf_task_record;
+typedef void (*etf_task_done_fn)(void *arg, const struct etf_task_record *rec);
+
+struct etf_sched_config {
+    uint64_t quantum_ns; /* Q > 0 */
+    double phi;          /* in [0, 1]: 1 = weighted time-fair, 0 = weighted energy-fair */
+    /* Clock of the dispatcher; NULL = etf_monotonic_clock. */
+    const struct etf_clock *clock;
+    /* Backends, borrowed: they must outlive the scheduler. meter and freq may be NULL
+     * (= the "model" meter and the "none" controller). */
+    struct etf_device *device;
+    struct etf_meter *meter;
+    struct etf_freq *freq;
+    /* Called once per task when it finishes (or is dropped at shutdown). */
+    etf_task_done_fn on_done;
+    void *on_done_arg;
+    /* An entity's measured power is an average over about this many of its last
+     * inferences; 0 = 8. */
+    unsigned power_horizon_tasks;
+    /* Tasks queued over all entities beyond which etf_submit fails with ETF_ELIMIT;
+     * 0 = 65536. */
+    size_t max_queued_tasks;
+};
+
+/* Creates a scheduler. Errors: ETF_EINVAL (phi outside [0,1] or not a number, Q = 0, no
+ * device) with diag saying which. *out is freed with etf_sched_destroy. */
+int etf_sched_create(const struct etf_sched_config *cfg, struct etf_sched **out,
+                     struct etf_diag *diag);
+/* Stops the dispatcher if started, fails queued tasks with ETF_ESHUTDOWN through on_done,
+ * unloads models and frees everything. */
+void etf_sched_destroy(struct etf_sched *s);
+
+/* Changes Q or phi; the next allocation uses them. Same validation as create. */
+int etf_sched_set_policy(struct etf_sched *s, uint64_t quantum_ns, double phi,
+                         struct etf_diag *diag);
+
+/* ---- Entities (tenants) ---- */
+
+/* Creates an entity at nice level `nice` (-20..19). */
+int etf_entity_create(struct etf_sched *s, int64_t nice, uint64_t *eid, struct etf_diag *diag);
+/* Changes the priority; the next allocation uses the new weight. */
+int etf_entity_set_priority(struct etf_sched *s, uint64_t eid, int64_t nice,
+                            struct etf_diag *diag);
+/* Deletes an entity that has no loaded models. Errors: ETF_ENOENT, ETF_EBUSY. */
+int etf_entity_delete(struct etf_sched *s, uint64_t eid, struct etf_diag *diag);
+
+/* ---- Models ---- */
+
+struct etf_model_spec {
+    const char *name; /* for reports; NULL = the profile's model_name */
+    /* Per-kernel times and powers. The scheduler takes ownership on success only. */
+    struct etf_profile *profile;
+    /* Operating frequency; it must be one the profile covers. 0 = the frequency the
+     * controller reports now if covered, else the profile's highest. */
+    uint64_t freq_hz;
+};
+/* Loads a model for entity eid on the device. Errors: ETF_ENOENT (entity), ETF_EINVAL
+ * (frequency not in the profile, no power while the model meter is in use). */
+int etf_model_load(struct etf_sched *s, uint64_t eid, const struct etf_model_spec *spec,
+                   uint64_t *mid, struct etf_diag *diag);
+/* Unloads a model with no queued or running task. Errors: ETF_ENOENT, ETF_EBUSY. */
+int etf_model_unload(struct etf_sched *s, uint64_t mid, struct etf_diag *diag);
+
+/* ---- Tasks ---- */
+
+struct etf_request {
+    uint64_t mid;
+    /* Arrival time on the scheduler's clock; 0 = now. Drivers that inject arrivals late
+     * (the simulator between turns) give the true arrival time here. */
+    uint64_t submit_ns;
+    void *user; /* returned in the completion record */
+};
+
+struct etf_task_record {
+    uint64_t tid, eid, mid;
+    int status; /* 0, or why the task did not run to completion */
+    uint64_t submit_ns, start_ns, end_ns; /* scheduler clock */
+    uint64_t service_ns;                  /* device time charged */
+    uint64_t energy_nj;                   /* energy charged */
+    uint64_t freq_hz;                     /* frequency the model runs at */
+    void *user;
+};
+
+/* Queues one inference. Returns at once; on_done reports the end. Errors: ETF_ENOENT
+ * (unknown model), ETF_ELIMIT (queue full), ETF_ESHUTDOWN. */
+int etf_submit(struct etf_sched *s, const struct etf_request *req, uint64_t *tid,
+               struct etf_diag *diag);
+
+/* ---- Driving the dispatcher ---- */
+
+/* Runs one turn: picks the entity with the least vruntime and runs its kernels until its
+ * slice is used. *ran is false when nothing was runnable. Errors come from the device or
+ * the frequency controller; the task concerned is failed and the scheduler stays usable. */
+int etf_sched_step(struct etf_sched *s, bool *ran);
+
+/* Starts a dispatcher thread that steps while work exists and sleeps otherwise. */
+int etf_sched_start(struct etf_sched *s);
+/* Stops accepting work, waits up to drain_ns for queued tasks to finish, fails the rest
+ * with ETF_ESHUTDOWN, and joins the dispatcher thread. */
+int etf_sched_stop(struct etf_sched *s, uint64_t drain_ns);
+
+/* ---- Accounting ---- */
+
+struct etf_entity_stats {
+    uint64_t eid;
+    int nice;
+    uint32_t weight;
+    bool runnable;
+    uint64_t tasks_done, tasks_queued;
+    uint64_t time_ns, energy_nj; /* charged so far */
+    double slice_ns;             /* from the latest allocation (0 if never runnable) */
+    double vruntime;
+    double power_mw; /* the P_i the allocation uses */
+};
+int etf_entity_stats(struct etf_sched *s, uint64_t eid, struct etf_entity_stats *out);
+
+struct etf_model_stats {
+    uint64_t mid, eid;
+    char name[64];
+    uint64_t freq_hz;
+    uint64_t tasks_done, tasks_queued;
+    uint64_t time_ns, energy_nj;
+};
+int etf_model_stats(struct etf_sched *s, uint64_t mid, struct etf_model_stats *out);
+
+struct etf_sched_stats {
+    uint64_t dispatches;  /* kernels launched */
+    uint64_t turns;       /* entity picks */
+    uint64_t allocations; /* slice recomputations */
+    uint64_t freq_switches;
+    uint64_t busy_ns;   /* device time charged to tasks */
+    uint64_t energy_nj; /* energy charged to tasks */
+    size_t entities, runnable, models, tasks_queued;
+};
+void etf_sched_stats(struct etf_sched *s, struct etf_sched_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

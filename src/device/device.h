@@ -1,0 +1,57 @@
+/* The device contract: what the dispatcher needs from an accelerator (or the CPU, or the
+ * simulator) to run a model kernel by kernel.
+ *
+ * One backend per file (device_sim.c, ...), each exporting one `const struct
+ * etf_device_ops`, found by name in the registry of device.c. A backend's device struct
+ * starts with `struct etf_device` so that the dispatch functions can reach its ops.
+ */
+#ifndef ETF_DEVICE_DEVICE_H
+#define ETF_DEVICE_DEVICE_H
+
+#include "etf/sched.h"
+
+/* What a backend needs to load a model. */
+struct etf_model_desc {
+    const char *name;
+    const struct etf_profile *profile; /* borrowed; outlives the loaded model */
+};
+
+/* One kernel to run, and what running it measured. */
+struct etf_kernel_run {
+    struct etf_dmodel *dm;
+    size_t kernel;    /* index into the model's kernels, in execution order */
+    uint64_t freq_hz; /* the clock in force as the kernel runs; 0 = unknown */
+    uint64_t busy_ns; /* out: device time the kernel took */
+};
+
+struct etf_device_ops {
+    const char *name;
+    /* Creates a device. May block (driver start-up). Called once, no lock held. */
+    int (*open)(const struct etf_device_config *cfg, struct etf_device **out,
+                struct etf_diag *diag);
+    /* Prepares a model to run: weights uploaded, workspace allocated. May block for a long
+     * time; called without the scheduler lock, never concurrently with launch on the same
+     * model. *out belongs to the device until unload. */
+    int (*load)(struct etf_device *dev, const struct etf_model_desc *desc,
+                struct etf_dmodel **out, struct etf_diag *diag);
+    /* Runs one kernel and fills run->busy_ns. Called only from the dispatching thread,
+     * without the scheduler lock; blocks for the kernel's duration. */
+    int (*launch)(struct etf_device *dev, struct etf_kernel_run *run);
+    /* Frees a loaded model; no launch of it is in flight. */
+    void (*unload)(struct etf_device *dev, struct etf_dmodel *dm);
+    void (*close)(struct etf_device *dev);
+};
+
+struct etf_device {
+    const struct etf_device_ops *ops;
+};
+
+extern const struct etf_device_ops etf__device_sim_ops;
+
+/* Thin dispatchers: the only way the scheduler reaches a backend. */
+int etf__device_load(struct etf_device *dev, const struct etf_model_desc *desc,
+                     struct etf_dmodel **out, struct etf_diag *diag);
+int etf__device_launch(struct etf_device *dev, struct etf_kernel_run *run);
+void etf__device_unload(struct etf_device *dev, struct etf_dmodel *dm);
+
+#endif

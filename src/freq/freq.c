@@ -1,0 +1,70 @@
+/* The frequency-controller registry and dispatch functions. */
+#include "freq/freq.h"
+
+#include <string.h>
+
+static const struct etf_freq_ops *const freq_backends[] = {
+    &etf__freq_none_ops,
+    &etf__freq_sim_ops,
+    NULL,
+};
+
+static const char *const freq_backend_names[] = {
+    "none",
+    "sim",
+    NULL,
+};
+
+const char *const *etf_freq_names(void)
+{
+    return freq_backend_names;
+}
+
+int etf_freq_open(const char *name, const struct etf_freq_config *cfg, struct etf_freq **out,
+                  struct etf_diag *diag)
+{
+    static const struct etf_freq_config defaults;
+    if (!name || !out)
+        return etf_diagf(diag, ETF_EINVAL, "freq: no backend name given");
+    for (size_t i = 0; freq_backends[i]; i++) {
+        if (strcmp(freq_backends[i]->name, name) == 0)
+            return freq_backends[i]->open(cfg ? cfg : &defaults, out, diag);
+    }
+    return etf_diagf(diag, ETF_ENOTSUP,
+                     "frequency controller '%.64s' is not available in this build (have: none, sim)",
+                     name);
+}
+
+void etf_freq_close(struct etf_freq *f)
+{
+    if (f)
+        f->ops->close(f);
+}
+
+const char *etf_freq_name(const struct etf_freq *f)
+{
+    return f->ops->name;
+}
+
+uint64_t etf_freq_switches(const struct etf_freq *f)
+{
+    return f->switches;
+}
+
+bool etf__freq_can_set(const struct etf_freq *f)
+{
+    return f && (f->ops->caps & ETF_FREQ_CAP_SET);
+}
+
+int etf__freq_set(struct etf_freq *f, uint64_t hz)
+{
+    int rc = f->ops->set(f, hz);
+    if (rc == 0)
+        f->switches++;
+    return rc;
+}
+
+int etf__freq_get(struct etf_freq *f, uint64_t *hz)
+{
+    return f->ops->get(f, hz);
+}

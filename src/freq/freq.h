@@ -1,0 +1,42 @@
+/* The frequency-controller contract: switching the device's clock to a model's operating
+ * frequency before its kernels run.
+ *
+ * One backend per file (freq_none.c, freq_sim.c, ...), registered by name in freq.c. A
+ * backend's struct starts with `struct etf_freq`.
+ */
+#ifndef ETF_FREQ_FREQ_H
+#define ETF_FREQ_FREQ_H
+
+#include "etf/sched.h"
+
+/* The controller can change the clock; without it models run at whatever clock the
+ * device has and are charged at their nominal frequency. */
+#define ETF_FREQ_CAP_SET (1u << 0)
+
+struct etf_freq_ops {
+    const char *name;
+    unsigned caps;
+    int (*open)(const struct etf_freq_config *cfg, struct etf_freq **out, struct etf_diag *diag);
+    /* Switches the clock to hz and returns once it is in force (or fails). Present with
+     * ETF_FREQ_CAP_SET. Called from the dispatching thread without the scheduler lock; may
+     * block for the hardware's settling time. */
+    int (*set)(struct etf_freq *f, uint64_t hz);
+    /* The clock in force now, or ETF_ENOTSUP when the backend cannot tell. */
+    int (*get)(struct etf_freq *f, uint64_t *hz);
+    void (*close)(struct etf_freq *f);
+};
+
+struct etf_freq {
+    const struct etf_freq_ops *ops;
+    uint64_t switches; /* written only by etf__freq_set, from the dispatching thread */
+};
+
+extern const struct etf_freq_ops etf__freq_none_ops;
+extern const struct etf_freq_ops etf__freq_sim_ops;
+
+bool etf__freq_can_set(const struct etf_freq *f);
+/* Switches and counts the switch. */
+int etf__freq_set(struct etf_freq *f, uint64_t hz);
+int etf__freq_get(struct etf_freq *f, uint64_t *hz);
+
+#endif

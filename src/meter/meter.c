@@ -1,0 +1,49 @@
+/* The energy-meter registry. */
+#include "meter/meter.h"
+
+#include <string.h>
+
+static const struct etf_meter_ops *const meter_backends[] = {
+    &etf__meter_model_ops,
+    NULL,
+};
+
+static const char *const meter_backend_names[] = {
+    "model",
+    NULL,
+};
+
+const char *const *etf_meter_names(void)
+{
+    return meter_backend_names;
+}
+
+int etf_meter_open(const char *name, const struct etf_meter_config *cfg, struct etf_meter **out,
+                   struct etf_diag *diag)
+{
+    static const struct etf_meter_config defaults;
+    if (!name || !out)
+        return etf_diagf(diag, ETF_EINVAL, "meter: no backend name given");
+    for (size_t i = 0; meter_backends[i]; i++) {
+        if (strcmp(meter_backends[i]->name, name) == 0)
+            return meter_backends[i]->open(cfg ? cfg : &defaults, out, diag);
+    }
+    return etf_diagf(diag, ETF_ENOTSUP, "meter '%.64s' is not available in this build (have: model)",
+                     name);
+}
+
+void etf_meter_close(struct etf_meter *m)
+{
+    if (m)
+        m->ops->close(m);
+}
+
+const char *etf_meter_name(const struct etf_meter *m)
+{
+    return m->ops->name;
+}
+
+bool etf__meter_measures(const struct etf_meter *m)
+{
+    return m && (m->ops->caps & ETF_METER_CAP_MEASURES);
+}

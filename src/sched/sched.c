@@ -1,0 +1,916 @@
+/* The dispatcher: entities, models, task queues, the turn-by-turn step function, the
+ * dispatcher thread, and the accounting of time and energy.
+ *
+ * Locking: one mutex, `lock`, guards every field of the scheduler, its entities, models and
+ * tasks. It is the only lock this file takes, so there is no lock order to get wrong; it is
+ * never held while calling out: not across device launches, frequency switches, device
+ * loads, nor completion callbacks. The stepping thread marks the entity whose turn it runs
+ * `on_cpu`, which keeps the entity alive across the moments the lock is dropped.
+ */
+#include "etf/sched.h"
+
+#include "device/device.h"
+#include "freq/freq.h"
+#include "meter/meter.h"
+#include "sched/alloc.h"
+#include "sched/runqueue.h"
+#include "util/idmap.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* Power assumed for an entity whose models have no power figures and which has not run
+ * yet (only with a measuring meter): a neutral value that the first measurement replaces. */
+#define DEFAULT_POWER_MW 1000.0
+/* No entity's power is taken below this, so that a zero-power profile cannot divide by 0. */
+#define MIN_POWER_MW 1e-3
+/* A measured power that moved by more than this fraction triggers a new allocation. */
+#define POWER_REALLOC_THRESHOLD 0.01
+#define TASKS_PER_CHUNK 256
+
+struct task {
+    struct task *next; /* in the entity's FCFS queue, or in the free list */
+    struct model *model;
+    uint64_t tid;
+    uint64_t submit_ns, start_ns;
+    uint64_t service_ns, energy_nj;
+    size_t next_kernel;
+    bool started;
+    void *user;
+};
+
+struct task_chunk {
+    struct task_chunk *next;
+    struct task tasks[TASKS_PER_CHUNK];
+};
+
+struct entity {
+    struct etf_rq_node rq; /* first: the run queue hands back this node */
+    uint64_t eid;
+    int nice;
+    uint32_t weight;
+    struct task *head, *tail; /* FCFS queue; head is the task running or next to run */
+    size_t queued;
+    size_t models, loading;
+    /* Profiled power of its models at their frequencies, for before it has run. */
+    double profile_power_sum;
+    size_t powered_models;
+    /* Moving averages of energy and time per inference; their ratio is the measured power. */
+    double avg_energy_nj, avg_time_ns;
+    bool has_run;
+    double power_in_alloc; /* the power the latest allocation used */
+    double slice_ns;
+    bool runnable, on_cpu;
+    size_t runnable_index;
+    uint64_t tasks_done, time_ns, energy_nj;
+};
+
+struct model {
+    uint64_t mid;
+    struct entity *entity;
+    char name[64];
+    struct etf_profile *profile;
+    uint64_t freq_hz;
+    double power_mw; /* model-level profiled power at freq_hz; 0 when unknown */
+    size_t n_kernels;
+    double *kernel_mw; /* per-kernel profiled power at freq_hz; 0 when unknown */
+    struct etf_dmodel *dm;
+    size_t queued;
+    uint64_t tasks_done, time_ns, energy_nj;
+};
+
+struct etf_sched {
+    pthread_mutex_t lock;
+    pthread_cond_t work; /* signalled when an entity becomes runnable, or on stop */
+    pthread_cond_t idle; /* signalled when the last queued task finishes */
+
+    struct etf_clock clock;
+    struct etf_device *dev;
+    struct etf_meter *meter;
+    struct etf_freq *freq;
+    bool can_set_freq;
+    uint64_t cur_hz;
+    etf_task_done_fn on_done;
+    void *on_done_arg;
+    double power_alpha;
+    size_t max_queued;
+
+    uint64_t quantum_ns;
+    double phi;
+
+    struct etf_idmap entities, models;
+    struct etf_runqueue rq;
+    struct entity **runnable; /* every runnable entity (= every entity in rq) */
+    size_t n_runnable, runnable_cap;
+    struct etf_alloc_input *alloc_in;
+    struct etf_alloc_rank *alloc_rank;
+    double *alloc_out;
+    bool alloc_dirty;
+    double min_vruntime;
+
+    struct task *free_tasks;
+    struct task_chunk *chunks;
+    uint64_t last_tid;
+    size_t queued;
+
+    bool accepting, started, stopping;
+    pthread_t thread;
+
+    struct etf_sched_stats stats;
+};
+
+static void lock(struct etf_sched *s)
+{
+    pthread_mutex_lock(&s->lock);
+}
+
+static void unlock(struct etf_sched *s)
+{
+    pthread_mutex_unlock(&s->lock);
+}
+
+static uint64_t now_ns(const struct etf_sched *s)
+{
+    return s->clock.now(s->clock.ctx);
+}
+
+static bool phi_valid(double phi)
+{
+    return phi >= 0 && phi <= 1; /* false for NaN too */
+}
+
+static int check_policy(uint64_t quantum_ns, double phi, struct etf_diag *diag)
+{
+    if (quantum_ns == 0)
+        return etf_diagf(diag, ETF_EINVAL, "quantum must be > 0 ns, found 0");
+    if (!phi_valid(phi))
+        return etf_diagf(diag, ETF_EINVAL, "phi must be a number in [0, 1], found %g", phi);
+    return 0;
+}
+
+/* ---- Task pool: tasks come from chunks allocated and touched once, then recycled. ---- */
+
+static struct task *task_alloc(struct etf_sched *s)
+{
+    if (!s->free_tasks) {
+        struct task_chunk *chunk = malloc(sizeof *chunk);
+        if (!chunk)
+            return NULL;
+        memset(chunk, 0, sizeof *chunk); /* fault the pages in now, not on the hot path */
+        chunk->next = s->chunks;
+        s->chunks = chunk;
+        for (size_t i = 0; i < TASKS_PER_CHUNK; i++) {
+            chunk->tasks[i].next = s->free_tasks;
+            s->free_tasks = &chunk->tasks[i];
+        }
+    }
+    struct task *t = s->free_tasks;
+    s->free_tasks = t->next;
+    memset(t, 0, sizeof *t);
+    return t;
+}
+
+static void task_free(struct etf_sched *s, struct task *t)
+{
+    t->next = s->free_tasks;
+    s->free_tasks = t;
+}
+
+/* ---- Runnable set and allocation ---- */
+
+static double entity_power(const struct entity *e)
+{
+    double p;
+    if (e->has_run && e->avg_time_ns > 0)
+        p = e->avg_energy_nj / e->avg_time_ns * 1e3; /* nJ/ns = W */
+    else if (e->powered_models)
+        p = e->profile_power_sum / (double)e->powered_models;
+    else
+        p = DEFAULT_POWER_MW;
+    return p > MIN_POWER_MW ? p : MIN_POWER_MW;
+}
+
+/* Grows the runnable array and the allocation scratch to hold every entity, so that
+ * making an entity runnable never fails. Called when an entity is created. */
+static int reserve_entities(struct etf_sched *s, size_t n)
+{
+    if (n <= s->runnable_cap)
+        return etf__rq_reserve(&s->rq, n);
+    size_t cap = s->runnable_cap ? s->runnable_cap * 2 : 16;
+    while (cap < n)
+        cap *= 2;
+    struct entity **runnable = realloc(s->runnable, cap * sizeof *runnable);
+    if (!runnable)
+        return ETF_ENOMEM;
+    s->runnable = runnable;
+    struct etf_alloc_input *in = realloc(s->alloc_in, cap * sizeof *in);
+    if (!in)
+        return ETF_ENOMEM;
+    s->alloc_in = in;
+    struct etf_alloc_rank *rank = realloc(s->alloc_rank, cap * sizeof *rank);
+    if (!rank)
+        return ETF_ENOMEM;
+    s->alloc_rank = rank;
+    double *out = realloc(s->alloc_out, cap * sizeof *out);
+    if (!out)
+        return ETF_ENOMEM;
+    s->alloc_out = out;
+    s->runnable_cap = cap;
+    return etf__rq_reserve(&s->rq, cap);
+}
+
+static void reallocate(struct etf_sched *s)
+{
+    for (size_t i = 0; i < s->n_runnable; i++) {
+        struct entity *e = s->runnable[i];
+        e->power_in_alloc = entity_power(e);
+        s->alloc_in[i] = (struct etf_alloc_input){(double)e->weight, e->power_in_alloc};
+    }
+    /* Inputs are valid by construction (weights > 0, powers clamped, policy checked), so
+     * this cannot fail. */
+    etf__alloc_slices(s->alloc_in, s->n_runnable, s->phi, (double)s->quantum_ns, s->alloc_out,
+                      s->alloc_rank);
+    for (size_t i = 0; i < s->n_runnable; i++)
+        s->runnable[i]->slice_ns = s->alloc_out[i];
+    s->alloc_dirty = false;
+    s->stats.allocations++;
+}
+
+static void join(struct etf_sched *s, struct entity *e)
+{
+    e->runnable = true;
+    if (e->rq.vruntime < s->min_vruntime)
+        e->rq.vruntime = s->min_vruntime;
+    e->runnable_index = s->n_runnable;
+    s->runnable[s->n_runnable++] = e;
+    etf__rq_push(&s->rq, &e->rq); /* room reserved at entity creation */
+    s->alloc_dirty = true;
+    pthread_cond_signal(&s->work);
+}
+
+/* Takes an entity with an empty queue out of the runnable set and the run queue. */
+static void leave(struct etf_sched *s, struct entity *e)
+{
+    etf__rq_remove(&s->rq, &e->rq);
+    struct entity *last = s->runnable[--s->n_runnable];
+    s->runnable[e->runnable_index] = last;
+    last->runnable_index = e->runnable_index;
+    e->runnable = false;
+    s->alloc_dirty = true;
+}
+
+static void note_power(struct etf_sched *s, struct entity *e, const struct task *t)
+{
+    if (t->service_ns == 0)
+        return;
+    if (!e->has_run) {
+        e->avg_energy_nj = (double)t->energy_nj;
+        e->avg_time_ns = (double)t->service_ns;
+        e->has_run = true;
+    } else {
+        e->avg_energy_nj += s->power_alpha * ((double)t->energy_nj - e->avg_energy_nj);
+        e->avg_time_ns += s->power_alpha * ((double)t->service_ns - e->avg_time_ns);
+    }
+    if (e->runnable && fabs(entity_power(e) - e->power_in_alloc) >
+                           POWER_REALLOC_THRESHOLD * e->power_in_alloc)
+        s->alloc_dirty = true;
+}
+
+/* ---- Task completion ---- */
+
+/* Removes the head task of e from its queue, reports it through on_done (with the lock
+ * dropped) and recycles it. Called with the lock held; returns with it held. */
+static void finish_head(struct etf_sched *s, struct entity *e, int status, uint64_t end_ns)
+{
+    struct task *t = e->head;
+    struct model *m = t->model;
+    e->head = t->next;
+    if (!e->head)
+        e->tail = NULL;
+    e->queued--;
+    m->queued--;
+    s->queued--;
+    if (status == 0) {
+        e->tasks_done++;
+        m->tasks_done++;
+        note_power(s, e, t);
+    }
+    struct etf_task_record rec = {
+        .tid = t->tid,
+        .eid = e->eid,
+        .mid = m->mid,
+        .status = status,
+        .submit_ns = t->submit_ns,
+        .start_ns = t->started ? t->start_ns : end_ns,
+        .end_ns = end_ns,
+        .service_ns = t->service_ns,
+        .energy_nj = t->energy_nj,
+        .freq_hz = m->freq_hz,
+        .user = t->user,
+    };
+    if (s->queued == 0)
+        pthread_cond_broadcast(&s->idle);
+    if (s->on_done) {
+        unlock(s);
+        s->on_done(s->on_done_arg, &rec);
+        lock(s);
+    }
+    task_free(s, t);
+}
+
+/* ---- The step ---- */
+
+static void charge(struct etf_sched *s, struct entity *e, struct model *m, struct task *t,
+                   const struct etf_kernel_run *run)
+{
+    uint64_t busy = run->busy_ns;
+    /* mW × ns = pJ; /1000 = nJ */
+    uint64_t energy = (uint64_t)llround((double)busy * m->kernel_mw[run->kernel] / 1000.0);
+    t->service_ns += busy;
+    t->energy_nj += energy;
+    m->time_ns += busy;
+    m->energy_nj += energy;
+    e->time_ns += busy;
+    e->energy_nj += energy;
+    s->stats.busy_ns += busy;
+    s->stats.energy_nj += energy;
+    s->stats.dispatches++;
+}
+
+static void end_turn(struct etf_sched *s, struct entity *e, uint64_t used_ns)
+{
+    /* A slice is > 0 by construction (floors and water levels are positive); the guard
+     * keeps a degenerate one from producing an infinite or NaN vruntime. */
+    double slice = e->slice_ns > 1 ? e->slice_ns : 1;
+    e->rq.vruntime += (double)used_ns / slice;
+    e->on_cpu = false;
+    if (e->head)
+        etf__rq_update(&s->rq, &e->rq);
+    else
+        leave(s, e);
+    struct etf_rq_node *first = etf__rq_peek(&s->rq);
+    if (first && first->vruntime > s->min_vruntime)
+        s->min_vruntime = first->vruntime;
+}
+
+int etf_sched_step(struct etf_sched *s, bool *ran)
+{
+    int rc = 0;
+    *ran = false;
+    lock(s);
+    if (s->rq.n == 0) {
+        unlock(s);
+        return 0;
+    }
+    if (s->alloc_dirty)
+        reallocate(s);
+    /* The entity stays queued during its turn; end_turn re-orders it. */
+    struct entity *e = (struct entity *)etf__rq_peek(&s->rq);
+    e->on_cpu = true;
+    s->stats.turns++;
+    *ran = true;
+
+    uint64_t used = 0;
+    while (e->head && (double)used < e->slice_ns) {
+        struct task *t = e->head;
+        struct model *m = t->model;
+        if (!t->started) {
+            t->started = true;
+            t->start_ns = now_ns(s);
+        }
+        struct etf_kernel_run run = {.dm = m->dm, .kernel = t->next_kernel, .freq_hz = m->freq_hz};
+        bool switching = s->can_set_freq && s->cur_hz != m->freq_hz;
+        unlock(s);
+
+        int krc = 0;
+        bool switched = false;
+        if (switching) {
+            krc = etf__freq_set(s->freq, m->freq_hz);
+            switched = krc == 0;
+        }
+        if (krc == 0)
+            krc = etf__device_launch(s->dev, &run);
+
+        lock(s);
+        if (switched) {
+            s->cur_hz = m->freq_hz;
+            s->stats.freq_switches++;
+        }
+        if (krc) {
+            /* The task cannot run; end the turn so that a client resubmitting from on_done
+             * cannot keep this loop spinning on a failing device. */
+            rc = krc;
+            finish_head(s, e, krc, now_ns(s));
+            break;
+        }
+        charge(s, e, m, t, &run);
+        used += run.busy_ns;
+        if (++t->next_kernel == m->n_kernels)
+            finish_head(s, e, 0, now_ns(s));
+    }
+    end_turn(s, e, used);
+    unlock(s);
+    return rc;
+}
+
+/* ---- Dispatcher thread ---- */
+
+static void *dispatcher_main(void *arg)
+{
+    struct etf_sched *s = arg;
+    for (;;) {
+        lock(s);
+        while (!s->stopping && s->rq.n == 0)
+            pthread_cond_wait(&s->work, &s->lock);
+        bool stop = s->stopping;
+        unlock(s);
+        if (stop)
+            return NULL;
+        bool ran;
+        /* A failed kernel fails its task and is reported through on_done; the loop goes on
+         * serving the others. */
+        etf_sched_step(s, &ran);
+    }
+}
+
+int etf_sched_start(struct etf_sched *s)
+{
+    lock(s);
+    if (s->started || !s->accepting) {
+        unlock(s);
+        return ETF_EBUSY;
+    }
+    s->started = true;
+    s->stopping = false;
+    int err = pthread_create(&s->thread, NULL, dispatcher_main, s);
+    if (err)
+        s->started = false;
+    unlock(s);
+    return err ? ETF_ENOMEM : 0;
+}
+
+/* Fails every queued task with ETF_ESHUTDOWN. Called with the lock held and no turn
+ * running. */
+static void fail_queued(struct etf_sched *s)
+{
+    for (size_t i = 0; i < s->entities.n; i++) {
+        struct entity *e = etf__idmap_slot(&s->entities, i);
+        if (!e)
+            continue;
+        e->on_cpu = true; /* pins e while on_done runs unlocked */
+        while (e->head)
+            finish_head(s, e, ETF_ESHUTDOWN, now_ns(s));
+        e->on_cpu = false;
+        if (e->runnable)
+            leave(s, e);
+    }
+}
+
+int etf_sched_stop(struct etf_sched *s, uint64_t drain_ns)
+{
+    lock(s);
+    s->accepting = false;
+    if (s->started && drain_ns > 0) {
+        struct timespec deadline;
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        uint64_t ns = (uint64_t)deadline.tv_nsec + drain_ns % 1000000000u;
+        deadline.tv_sec += (time_t)(drain_ns / 1000000000u + ns / 1000000000u);
+        deadline.tv_nsec = (long)(ns % 1000000000u);
+        while (s->queued > 0) {
+            if (pthread_cond_timedwait(&s->idle, &s->lock, &deadline) == ETIMEDOUT)
+                break;
+        }
+    }
+    bool joining = s->started;
+    s->stopping = true;
+    pthread_cond_broadcast(&s->work);
+    unlock(s);
+    if (joining)
+        pthread_join(s->thread, NULL);
+    lock(s);
+    s->started = false;
+    fail_queued(s);
+    unlock(s);
+    return 0;
+}
+
+/* ---- Life cycle ---- */
+
+int etf_sched_create(const struct etf_sched_config *cfg, struct etf_sched **out,
+                     struct etf_diag *diag)
+{
+    if (!cfg || !out)
+        return etf_diagf(diag, ETF_EINVAL, "scheduler: no configuration given");
+    if (!cfg->device)
+        return etf_diagf(diag, ETF_EINVAL, "scheduler: no device given");
+    int rc = check_policy(cfg->quantum_ns, cfg->phi, diag);
+    if (rc)
+        return rc;
+
+    struct etf_sched *s = calloc(1, sizeof *s);
+    if (!s)
+        return etf_diagf(diag, ETF_ENOMEM, "scheduler: out of memory");
+    pthread_condattr_t attr;
+    if (pthread_mutex_init(&s->lock, NULL))
+        goto fail_free;
+    if (pthread_condattr_init(&attr))
+        goto fail_mutex;
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    if (pthread_cond_init(&s->work, &attr))
+        goto fail_attr;
+    if (pthread_cond_init(&s->idle, &attr))
+        goto fail_work;
+    pthread_condattr_destroy(&attr);
+
+    s->clock = cfg->clock ? *cfg->clock : etf_monotonic_clock;
+    s->dev = cfg->device;
+    s->meter = cfg->meter;
+    s->freq = cfg->freq;
+    s->can_set_freq = etf__freq_can_set(s->freq);
+    if (s->freq && etf__freq_get(s->freq, &s->cur_hz) != 0)
+        s->cur_hz = 0;
+    s->on_done = cfg->on_done;
+    s->on_done_arg = cfg->on_done_arg;
+    s->power_alpha = 1.0 / (cfg->power_horizon_tasks ? cfg->power_horizon_tasks : 8);
+    s->max_queued = cfg->max_queued_tasks ? cfg->max_queued_tasks : 65536;
+    s->quantum_ns = cfg->quantum_ns;
+    s->phi = cfg->phi;
+    etf__idmap_init(&s->entities);
+    etf__idmap_init(&s->models);
+    etf__rq_init(&s->rq);
+    s->accepting = true;
+    *out = s;
+    return 0;
+
+fail_work:
+    pthread_cond_destroy(&s->work);
+fail_attr:
+    pthread_condattr_destroy(&attr);
+fail_mutex:
+    pthread_mutex_destroy(&s->lock);
+fail_free:
+    free(s);
+    return etf_diagf(diag, ETF_ENOMEM, "scheduler: cannot create its lock");
+}
+
+static void model_free(struct etf_sched *s, struct model *m)
+{
+    if (m->dm)
+        etf__device_unload(s->dev, m->dm);
+    etf_profile_free(m->profile);
+    free(m->kernel_mw);
+    free(m);
+}
+
+void etf_sched_destroy(struct etf_sched *s)
+{
+    if (!s)
+        return;
+    etf_sched_stop(s, 0);
+    for (size_t i = 0; i < s->models.n; i++) {
+        struct model *m = etf__idmap_slot(&s->models, i);
+        if (m)
+            model_free(s, m);
+    }
+    for (size_t i = 0; i < s->entities.n; i++)
+        free(etf__idmap_slot(&s->entities, i));
+    while (s->chunks) {
+        struct task_chunk *next = s->chunks->next;
+        free(s->chunks);
+        s->chunks = next;
+    }
+    etf__idmap_fini(&s->models);
+    etf__idmap_fini(&s->entities);
+    etf__rq_fini(&s->rq);
+    free(s->runnable);
+    free(s->alloc_in);
+    free(s->alloc_rank);
+    free(s->alloc_out);
+    pthread_cond_destroy(&s->idle);
+    pthread_cond_destroy(&s->work);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+int etf_sched_set_policy(struct etf_sched *s, uint64_t quantum_ns, double phi,
+                         struct etf_diag *diag)
+{
+    int rc = check_policy(quantum_ns, phi, diag);
+    if (rc)
+        return rc;
+    lock(s);
+    s->quantum_ns = quantum_ns;
+    s->phi = phi;
+    s->alloc_dirty = true;
+    unlock(s);
+    return 0;
+}
+
+/* ---- Entities ---- */
+
+static int check_nice(int64_t nice, struct etf_diag *diag)
+{
+    if (!etf_nice_valid(nice))
+        return etf_diagf(diag, ETF_EINVAL, "priority must be a nice level in %d..%d, found %lld",
+                         ETF_NICE_MIN, ETF_NICE_MAX, (long long)nice);
+    return 0;
+}
+
+int etf_entity_create(struct etf_sched *s, int64_t nice, uint64_t *eid, struct etf_diag *diag)
+{
+    int rc = check_nice(nice, diag);
+    if (rc)
+        return rc;
+    struct entity *e = calloc(1, sizeof *e);
+    if (!e)
+        return etf_diagf(diag, ETF_ENOMEM, "entity: out of memory");
+    e->nice = (int)nice;
+    e->weight = etf_nice_to_weight(e->nice);
+    lock(s);
+    rc = reserve_entities(s, s->entities.live + 1);
+    if (rc == 0)
+        rc = etf__idmap_add(&s->entities, e, &e->eid);
+    if (rc == 0) {
+        e->rq.seq = e->eid;
+        *eid = e->eid;
+    }
+    unlock(s);
+    if (rc) {
+        free(e);
+        return etf_diagf(diag, rc, "entity: out of memory");
+    }
+    return 0;
+}
+
+static struct entity *find_entity(struct etf_sched *s, uint64_t eid, struct etf_diag *diag)
+{
+    struct entity *e = etf__idmap_get(&s->entities, eid);
+    if (!e)
+        etf_diagf(diag, ETF_ENOENT, "no entity with id %llu", (unsigned long long)eid);
+    return e;
+}
+
+int etf_entity_set_priority(struct etf_sched *s, uint64_t eid, int64_t nice,
+                            struct etf_diag *diag)
+{
+    int rc = check_nice(nice, diag);
+    if (rc)
+        return rc;
+    lock(s);
+    struct entity *e = find_entity(s, eid, diag);
+    if (e) {
+        e->nice = (int)nice;
+        e->weight = etf_nice_to_weight(e->nice);
+        if (e->runnable)
+            s->alloc_dirty = true;
+    }
+    unlock(s);
+    return e ? 0 : ETF_ENOENT;
+}
+
+int etf_entity_delete(struct etf_sched *s, uint64_t eid, struct etf_diag *diag)
+{
+    lock(s);
+    struct entity *e = find_entity(s, eid, diag);
+    int rc = e ? 0 : ETF_ENOENT;
+    if (e && (e->models || e->loading || e->on_cpu)) {
+        rc = etf_diagf(diag, ETF_EBUSY, "entity %llu still has %zu model(s) loaded",
+                       (unsigned long long)eid, e->models + e->loading);
+    } else if (e) {
+        etf__idmap_remove(&s->entities, eid);
+        free(e);
+    }
+    unlock(s);
+    return rc;
+}
+
+/* ---- Models ---- */
+
+static int model_prepare(struct etf_sched *s, const struct etf_model_spec *spec, uint64_t cur_hz,
+                         struct model **out, struct etf_diag *diag)
+{
+    const struct etf_profile *p = spec->profile;
+    const char *name = spec->name ? spec->name : p->model_name;
+    long fi;
+    if (spec->freq_hz) {
+        fi = etf_profile_freq_index(p, spec->freq_hz);
+        if (fi < 0)
+            return etf_diagf(diag, ETF_EINVAL,
+                             "model '%.64s': its profile has no figures for %llu Hz (it covers "
+                             "%llu..%llu Hz in %zu steps)",
+                             name, (unsigned long long)spec->freq_hz,
+                             (unsigned long long)p->freqs_hz[0],
+                             (unsigned long long)p->freqs_hz[p->n_freqs - 1], p->n_freqs);
+    } else {
+        fi = cur_hz ? etf_profile_freq_index(p, cur_hz) : -1;
+        if (fi < 0)
+            fi = (long)p->n_freqs - 1;
+    }
+    if (!p->has_power && !etf__meter_measures(s->meter))
+        return etf_diagf(diag, ETF_EINVAL,
+                         "model '%.64s': its profile has no power figures, and the '%s' meter "
+                         "charges energy from them",
+                         name, s->meter ? etf_meter_name(s->meter) : "model");
+
+    struct model *m = calloc(1, sizeof *m);
+    if (!m)
+        return etf_diagf(diag, ETF_ENOMEM, "model: out of memory");
+    m->kernel_mw = calloc(p->n_kernels, sizeof *m->kernel_mw);
+    if (!m->kernel_mw) {
+        free(m);
+        return etf_diagf(diag, ETF_ENOMEM, "model: out of memory");
+    }
+    snprintf(m->name, sizeof m->name, "%s", name);
+    m->freq_hz = p->freqs_hz[fi];
+    m->n_kernels = p->n_kernels;
+    if (p->has_power) {
+        m->power_mw = p->power_mw[fi];
+        for (size_t k = 0; k < p->n_kernels; k++)
+            m->kernel_mw[k] = p->kernels[k].power_mw[fi];
+    }
+    *out = m;
+    return 0;
+}
+
+int etf_model_load(struct etf_sched *s, uint64_t eid, const struct etf_model_spec *spec,
+                   uint64_t *mid, struct etf_diag *diag)
+{
+    if (!spec || !spec->profile)
+        return etf_diagf(diag, ETF_EINVAL, "model: no profile given");
+    lock(s);
+    struct entity *e = find_entity(s, eid, diag);
+    uint64_t cur_hz = s->cur_hz;
+    if (e)
+        e->loading++; /* keeps e from being deleted while the device loads unlocked */
+    unlock(s);
+    if (!e)
+        return ETF_ENOENT;
+
+    struct model *m = NULL;
+    int rc = model_prepare(s, spec, cur_hz, &m, diag);
+    if (rc)
+        goto fail_unpin;
+    struct etf_model_desc desc = {.name = m->name, .profile = spec->profile};
+    rc = etf__device_load(s->dev, &desc, &m->dm, diag);
+    if (rc)
+        goto fail_model;
+
+    lock(s);
+    rc = etf__idmap_add(&s->models, m, &m->mid);
+    if (rc == 0) {
+        m->profile = spec->profile; /* ownership moves only on success */
+        m->entity = e;
+        e->models++;
+        if (m->power_mw > 0) {
+            e->profile_power_sum += m->power_mw;
+            e->powered_models++;
+        }
+        *mid = m->mid;
+    }
+    e->loading--;
+    unlock(s);
+    if (rc) {
+        etf_diagf(diag, rc, "model: out of memory");
+        model_free(s, m);
+    }
+    return rc;
+
+fail_model:
+    model_free(s, m);
+fail_unpin:
+    lock(s);
+    e->loading--;
+    unlock(s);
+    return rc;
+}
+
+int etf_model_unload(struct etf_sched *s, uint64_t mid, struct etf_diag *diag)
+{
+    lock(s);
+    struct model *m = etf__idmap_get(&s->models, mid);
+    int rc = 0;
+    if (!m) {
+        rc = etf_diagf(diag, ETF_ENOENT, "no model with id %llu", (unsigned long long)mid);
+    } else if (m->queued) {
+        rc = etf_diagf(diag, ETF_EBUSY, "model %llu has %zu task(s) queued or running",
+                       (unsigned long long)mid, m->queued);
+    } else {
+        etf__idmap_remove(&s->models, mid);
+        struct entity *e = m->entity;
+        e->models--;
+        if (m->power_mw > 0) {
+            e->profile_power_sum -= m->power_mw;
+            e->powered_models--;
+        }
+    }
+    unlock(s);
+    if (rc == 0)
+        model_free(s, m);
+    return rc;
+}
+
+/* ---- Tasks ---- */
+
+int etf_submit(struct etf_sched *s, const struct etf_request *req, uint64_t *tid,
+               struct etf_diag *diag)
+{
+    if (!req)
+        return etf_diagf(diag, ETF_EINVAL, "submit: no request given");
+    int rc = 0;
+    lock(s);
+    struct model *m = etf__idmap_get(&s->models, req->mid);
+    struct task *t = NULL;
+    if (!s->accepting) {
+        rc = etf_diagf(diag, ETF_ESHUTDOWN, "the scheduler is shutting down");
+    } else if (!m) {
+        rc = etf_diagf(diag, ETF_ENOENT, "no model with id %llu", (unsigned long long)req->mid);
+    } else if (s->queued >= s->max_queued) {
+        rc = etf_diagf(diag, ETF_ELIMIT, "%zu tasks are queued, the limit", s->queued);
+    } else if (!(t = task_alloc(s))) {
+        rc = etf_diagf(diag, ETF_ENOMEM, "submit: out of memory");
+    }
+    if (rc) {
+        unlock(s);
+        return rc;
+    }
+    struct entity *e = m->entity;
+    t->model = m;
+    t->tid = ++s->last_tid;
+    t->submit_ns = req->submit_ns ? req->submit_ns : now_ns(s);
+    t->user = req->user;
+    if (e->tail)
+        e->tail->next = t;
+    else
+        e->head = t;
+    e->tail = t;
+    e->queued++;
+    m->queued++;
+    s->queued++;
+    if (!e->runnable)
+        join(s, e);
+    if (tid)
+        *tid = t->tid;
+    unlock(s);
+    return 0;
+}
+
+/* ---- Accounting ---- */
+
+int etf_entity_stats(struct etf_sched *s, uint64_t eid, struct etf_entity_stats *out)
+{
+    lock(s);
+    struct entity *e = etf__idmap_get(&s->entities, eid);
+    if (e) {
+        *out = (struct etf_entity_stats){
+            .eid = e->eid,
+            .nice = e->nice,
+            .weight = e->weight,
+            .runnable = e->runnable,
+            .tasks_done = e->tasks_done,
+            .tasks_queued = e->queued,
+            .time_ns = e->time_ns,
+            .energy_nj = e->energy_nj,
+            .slice_ns = e->slice_ns,
+            .vruntime = e->rq.vruntime,
+            .power_mw = entity_power(e),
+        };
+    }
+    unlock(s);
+    return e ? 0 : ETF_ENOENT;
+}
+
+int etf_model_stats(struct etf_sched *s, uint64_t mid, struct etf_model_stats *out)
+{
+    lock(s);
+    struct model *m = etf__idmap_get(&s->models, mid);
+    if (m) {
+        *out = (struct etf_model_stats){
+            .mid = m->mid,
+            .eid = m->entity->eid,
+            .freq_hz = m->freq_hz,
+            .tasks_done = m->tasks_done,
+            .tasks_queued = m->queued,
+            .time_ns = m->time_ns,
+            .energy_nj = m->energy_nj,
+        };
+        memcpy(out->name, m->name, sizeof out->name);
+    }
+    unlock(s);
+    return m ? 0 : ETF_ENOENT;
+}
+
+void etf_sched_stats(struct etf_sched *s, struct etf_sched_stats *out)
+{
+    lock(s);
+    *out = s->stats;
+    out->entities = s->entities.live;
+    out->runnable = s->n_runnable;
+    out->models = s->models.live;
+    out->tasks_queued = s->queued;
+    unlock(s);
+}
