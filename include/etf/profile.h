@@ -32,8 +32,8 @@ extern "C" {
 struct etf_kernel_profile {
     char *name;
     /* Arrays of n_freqs entries, indexed like etf_profile.freqs_hz. */
-    double *time_us;  /* > 0 */
-    double *power_mw; /* > 0; NULL when the profile has no power */
+    double *time_us;  /* >= 0 (the model's total is > 0 at every frequency) */
+    double *power_mw; /* >= 0; NULL when the profile has no power */
 };
 
 struct etf_profile {
@@ -60,7 +60,8 @@ int etf_profile_parse(const char *json, size_t len, const char *origin, struct e
 int etf_profile_load(const char *path, struct etf_profile **out, struct etf_diag *diag);
 
 /* Writes the profile in the original format (frequencies as strings of Hz, units µs, mW,
- * µJ; power and energy omitted when the profile has none). Returns 0 or ETF_EIO. */
+ * µJ; power and energy omitted when the profile has none), atomically (a temporary file
+ * renamed into place). Returns 0, ETF_EIO, ETF_EINVAL (a non-finite value) or ETF_ENOMEM. */
 int etf_profile_save(const struct etf_profile *p, const char *path, struct etf_diag *diag);
 
 /* Index of hz in p->freqs_hz, or -1 when the profile does not cover it. */
