@@ -7,6 +7,8 @@ packages=(
   build-essential cmake ninja-build pkg-config  # the build
   libcjson-dev                                   # profiles, scenarios, reports
   libcmocka-dev                                  # unit tests
+  libprotobuf-c-dev protobuf-c-compiler libonnx-dev  # ONNX models
+  libdnnl-dev                                    # the CPU device (oneDNN)
   clang libclang-rt-14-dev                       # fuzz targets (libFuzzer) and sanitizers
 )
 

@@ -1,0 +1,189 @@
+/* The ETF simulator: a scenario (tenants, their models, their load) run through the real
+ * scheduler on the simulated device and a virtual clock, with no threads, so that a run
+ * is deterministic: the same scenario and seed give the same report, byte for byte.
+ *
+ *   {"quantum_us": 40000, "phi": 0.7, "duration_s": 60, "seed": 1,
+ *    "device": "sim", "freq": "sim", "meter": "model",
+ *    "tenants": [{"name": "a", "priority": 0, "start_s": 0, "stop_s": 60,
+ *                 "priority_changes": [{"at_s": 10, "priority": -5}],
+ *                 "models": [{"profile": "resnet18_profile.json",
+ *                             "frequency_hz": 1300500000,
+ *                             "load": {"closed": 2}}]}]}
+ *
+ * `load` is {"closed": N} (N requests always outstanding) or {"poisson_rps": R} (seeded
+ * Poisson arrivals). Profile paths are relative to the scenario file.
+ *
+ * Use: etf_scenario_load, etf_sim_create (opens the backends, creates the scheduler, loads
+ * the models: errors here are errors of the input), etf_sim_run (errors here are failures
+ * of the run), then read etf_sim_result or write the report, the task list and the
+ * summary, and finally etf_sim_destroy and etf_scenario_free.
+ */
+#ifndef ETF_SIM_H
+#define ETF_SIM_H
+
+#include "etf/etf.h"
+#include "etf/sched.h"
+
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Scenario files larger than this are refused before parsing. */
+#define ETF_SCENARIO_MAX_BYTES (16u << 20)
+#define ETF_SCENARIO_MAX_TENANTS 100000u
+#define ETF_SCENARIO_MAX_CLOSED 100000u
+#define ETF_SCENARIO_MAX_RPS 1e6
+#define ETF_SCENARIO_MAX_QUANTUM_US 1000000000u
+#define ETF_SCENARIO_MAX_DURATION_S 1e7
+/* Longest tenant or backend name, in bytes. */
+#define ETF_SCENARIO_NAME_MAX 63
+
+/* etf_scenario_parse/load flags. */
+/* Do not read the profile files: check the scenario's own fields only (fuzzing, syntax
+ * checks). A scenario parsed so cannot be run (etf_sim_create fails with ETF_EINVAL). */
+#define ETF_SCENARIO_NO_PROFILES (1u << 0)
+
+enum etf_sim_load_kind {
+    ETF_SIM_LOAD_CLOSED,
+    ETF_SIM_LOAD_POISSON,
+};
+
+struct etf_scenario_model {
+    char *profile_path; /* as written in the scenario */
+    size_t profile;     /* index into etf_scenario.profiles; SIZE_MAX when not read */
+    uint64_t freq_hz;   /* > 0 */
+    enum etf_sim_load_kind load;
+    uint32_t closed;    /* ETF_SIM_LOAD_CLOSED: requests outstanding, 1..100000 */
+    double poisson_rps; /* ETF_SIM_LOAD_POISSON: mean arrivals per second, (0, 1e6] */
+};
+
+struct etf_scenario_prio_change {
+    uint64_t at_ns; /* virtual time from the start of the run */
+    int priority;   /* nice level */
+};
+
+struct etf_scenario_tenant {
+    char name[ETF_SCENARIO_NAME_MAX + 1];
+    int priority;               /* nice level at the start */
+    uint64_t start_ns, stop_ns; /* its clients submit in [start, stop) */
+    size_t n_models;
+    struct etf_scenario_model *models;
+    size_t n_prio_changes; /* in the order written; applied in time order */
+    struct etf_scenario_prio_change *prio_changes;
+};
+
+/* A profile file as read once at parse time (models sharing a file share this). */
+struct etf_scenario_profile {
+    char *path; /* resolved against the scenario's directory */
+    char *json;
+    size_t len;
+};
+
+struct etf_scenario {
+    uint64_t quantum_us;
+    double phi;
+    double duration_s;
+    uint64_t duration_ns;
+    uint64_t seed;
+    char device[ETF_SCENARIO_NAME_MAX + 1]; /* backend names; defaults sim, sim, model */
+    char freq[ETF_SCENARIO_NAME_MAX + 1];
+    char meter[ETF_SCENARIO_NAME_MAX + 1];
+    size_t n_tenants;
+    struct etf_scenario_tenant *tenants;
+    size_t n_profiles;
+    struct etf_scenario_profile *profiles;
+};
+
+/* Parses and validates a scenario held in memory (len bytes, no NUL needed). Relative
+ * profile paths are resolved against base_dir (NULL = the current directory); `origin`
+ * prefixes messages (NULL = "scenario"). Unless ETF_SCENARIO_NO_PROFILES, every profile is
+ * read and checked with the profile loader. Errors: ETF_EFORMAT (not JSON, wrong type,
+ * unknown key), ETF_EINVAL (value out of range), ETF_ENOMEM, and the loader's errors for a
+ * profile; diag names the field ("tenants[0].models[0].load.closed: ..."). */
+int etf_scenario_parse(const char *json, size_t len, const char *origin, const char *base_dir,
+                       unsigned flags, struct etf_scenario **out, struct etf_diag *diag);
+
+/* Reads a scenario file and parses it as above, with paths relative to its directory.
+ * Errors also: ETF_ENOENT, ETF_EIO, ETF_ELIMIT (larger than ETF_SCENARIO_MAX_BYTES). */
+int etf_scenario_load(const char *path, unsigned flags, struct etf_scenario **out,
+                      struct etf_diag *diag);
+
+void etf_scenario_free(struct etf_scenario *sc);
+
+/* ---- Running ---- */
+
+struct etf_sim;
+
+/* A completed task and where it came from. */
+struct etf_sim_task {
+    struct etf_task_record rec; /* times on the virtual clock, which starts at 0 */
+    size_t tenant;              /* index into etf_scenario.tenants */
+    size_t model;               /* index into that tenant's models */
+};
+
+struct etf_sim_tenant_result {
+    const char *name; /* the scenario's */
+    uint64_t eid;
+    int priority;                    /* nice level at the end of the run */
+    uint32_t weight;                 /* its weight */
+    uint64_t submitted;              /* requests submitted (arrivals and closed-loop requests) */
+    uint64_t rejected;               /* arrivals refused because the scheduler's queue was full */
+    uint64_t tasks;                  /* tasks completed */
+    uint64_t time_ns, energy_nj;     /* charged, including tasks still running at the end */
+    double time_share, energy_share; /* of everything charged */
+    double slice_ns;                 /* from the latest allocation */
+    double alloc_share;              /* slice_ns / sum of all tenants' slice_ns */
+    uint64_t latency_p50_ns, latency_p99_ns; /* end - submit, nearest rank; 0 if none */
+};
+
+struct etf_sim_result {
+    uint64_t duration_ns; /* virtual time covered: the duration, or a little more when the
+                           * last turn ran past it */
+    uint64_t dispatches;
+    uint64_t freq_switches;
+    uint64_t host_ns;             /* host time spent in etf_sched_step */
+    double sched_ns_per_dispatch; /* host_ns / dispatches; not reproducible */
+    double jain_time, jain_energy;
+    size_t n_tenants;
+    struct etf_sim_tenant_result *tenants;
+    size_t n_tasks; /* in completion order */
+    struct etf_sim_task *tasks;
+};
+
+/* Opens the scenario's device (with a virtual clock), frequency controller and meter,
+ * creates the scheduler and the entities, and loads every model. `sc` is borrowed: it must
+ * outlive the simulation. Errors: those of the backends, of etf_model_load (a frequency
+ * the profile lacks: ETF_EINVAL), with diag naming the field. */
+int etf_sim_create(const struct etf_scenario *sc, struct etf_sim **out, struct etf_diag *diag);
+
+/* Runs the scenario to its end, once. Errors: a device or controller failure (the run
+ * stops), ETF_ENOMEM, ETF_EBUSY when the simulation has already run. */
+int etf_sim_run(struct etf_sim *sim, struct etf_diag *diag);
+
+/* The figures of a finished run; NULL before etf_sim_run succeeded. */
+const struct etf_sim_result *etf_sim_result(const struct etf_sim *sim);
+
+/* Include the host timing in the report (otherwise null, so that reports reproduce). */
+#define ETF_SIM_REPORT_TIMING (1u << 0)
+
+/* The JSON report as a NUL-terminated string the caller frees. Errors: ETF_EINVAL (not
+ * run), ETF_ENOMEM. */
+int etf_sim_report_json(const struct etf_sim *sim, unsigned flags, char **out,
+                        struct etf_diag *diag);
+/* Writes the JSON report to f. Errors also: ETF_EIO. */
+int etf_sim_write_report(const struct etf_sim *sim, FILE *f, unsigned flags, struct etf_diag *diag);
+/* Writes the completed tasks in the original ETF's tasks.csv format:
+ * task_id,entity_id,model_id,start_t,end_t,service_time,energy_used
+ * (times in µs from the start of the run, energy in µJ). */
+int etf_sim_write_tasks_csv(const struct etf_sim *sim, FILE *f, struct etf_diag *diag);
+/* Prints a table of the tenants and the run's totals for people. */
+int etf_sim_print_summary(const struct etf_sim *sim, FILE *f, struct etf_diag *diag);
+
+void etf_sim_destroy(struct etf_sim *sim);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

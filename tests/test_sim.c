@@ -1,0 +1,387 @@
+/* Tests of the simulator's runs: the original ETF example's shares, reproducibility, time
+ * shares that follow the allocation at every phi, no starvation, tenants joining and
+ * leaving, priority changes, open-loop load, and backend errors. They assert behaviour on
+ * the virtual clock, never host timings. */
+#include "etf/sim.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#define TX2_DIR ETF_SOURCE_DIR "/data/tx2"
+#define PAIR ETF_SOURCE_DIR "/scenarios/tx2_resnet50_pair.json"
+#define S 1000000000u /* ns per second */
+
+struct run {
+    struct etf_scenario *sc;
+    struct etf_sim *sim;
+    const struct etf_sim_result *r;
+};
+
+/* Parses a document written with ' for ", profiles relative to data/tx2, and runs it. */
+static struct run run_q(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static struct run run_q(const char *fmt, ...)
+{
+    char doc[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(doc, sizeof doc, fmt, ap);
+    va_end(ap);
+    assert_true(n > 0 && (size_t)n < sizeof doc);
+    for (char *c = doc; *c; c++)
+        *c = *c == '\'' ? '"' : *c;
+    struct run run = {0};
+    struct etf_diag diag = {{0}};
+    int rc = etf_scenario_parse(doc, (size_t)n, "test", TX2_DIR, 0, &run.sc, &diag);
+    if (rc == 0)
+        rc = etf_sim_create(run.sc, &run.sim, &diag);
+    if (rc == 0)
+        rc = etf_sim_run(run.sim, &diag);
+    if (rc)
+        fail_msg("%s: %s", etf_strerror(rc), diag.msg);
+    run.r = etf_sim_result(run.sim);
+    assert_non_null(run.r);
+    return run;
+}
+
+static struct run run_file(const char *path)
+{
+    struct run run = {0};
+    struct etf_diag diag = {{0}};
+    int rc = etf_scenario_load(path, 0, &run.sc, &diag);
+    if (rc == 0)
+        rc = etf_sim_create(run.sc, &run.sim, &diag);
+    if (rc == 0)
+        rc = etf_sim_run(run.sim, &diag);
+    if (rc)
+        fail_msg("%s: %s", etf_strerror(rc), diag.msg);
+    run.r = etf_sim_result(run.sim);
+    return run;
+}
+
+static void run_free(struct run *run)
+{
+    etf_sim_destroy(run->sim);
+    etf_scenario_free(run->sc);
+}
+
+/* Device time each tenant's tasks that ended in [from, to) were charged, as fractions. */
+static void window_shares(const struct run *run, uint64_t from, uint64_t to, double *shares)
+{
+    size_t n = run->r->n_tenants;
+    double total = 0;
+    for (size_t i = 0; i < n; i++)
+        shares[i] = 0;
+    for (size_t k = 0; k < run->r->n_tasks; k++) {
+        const struct etf_sim_task *t = &run->r->tasks[k];
+        if (t->rec.end_ns >= from && t->rec.end_ns < to) {
+            shares[t->tenant] += (double)t->rec.service_ns;
+            total += (double)t->rec.service_ns;
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        shares[i] = total > 0 ? shares[i] / total : 0;
+}
+
+#define assert_near(x, want, tol)                                                                  \
+    do {                                                                                           \
+        double x_ = (x), want_ = (want);                                                           \
+        if (!(fabs(x_ - want_) <= (tol)))                                                          \
+            fail_msg("%s = %.6f, expected %.6f +- %g", #x, x_, want_, (double)(tol));              \
+    } while (0)
+
+/* The original README's example: equal priorities, phi 0.7, Q 40 ms. Slices 14 and 26 ms
+ * (the floor of 14 ms each, and the remaining 12 ms to the slow, low-power tenant), at
+ * 4261 and 1717 mW. */
+static void test_original_example(void **state)
+{
+    (void)state;
+    struct run run = run_file(PAIR);
+    const struct etf_sim_tenant_result *fast = &run.r->tenants[0], *slow = &run.r->tenants[1];
+    assert_near(fast->slice_ns, 14e6, 1e3);
+    assert_near(slow->slice_ns, 26e6, 1e3);
+    assert_near(fast->time_share / slow->time_share, 0.54, 0.01);
+    assert_near(fast->energy_share / slow->energy_share, 1.34, 0.01);
+    assert_true(fast->tasks > 100 && slow->tasks > 100);
+    assert_true(run.r->duration_ns >= 60ull * S);
+    assert_true(run.r->dispatches > 0);
+    run_free(&run);
+}
+
+static char *csv_of(const struct run *run)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    assert_non_null(f);
+    struct etf_diag diag;
+    assert_int_equal(etf_sim_write_tasks_csv(run->sim, f, &diag), 0);
+    assert_int_equal(fclose(f), 0);
+    return text;
+}
+
+static void test_reproducible(void **state)
+{
+    (void)state;
+    static const char *doc =
+        "{'quantum_us':20000,'phi':0.5,'duration_s':20,'seed':%d,'tenants':["
+        "{'name':'a','models':[{'profile':'resnet18_profile.json','frequency_hz':1300500000,"
+        "'load':{'poisson_rps':15}}]},"
+        "{'name':'b','priority':3,'models':[{'profile':'resnet50_profile.json',"
+        "'frequency_hz':726750000,'load':{'closed':2}}]}]}";
+    struct run a = run_q(doc, 5), b = run_q(doc, 5), c = run_q(doc, 6);
+    char *ja, *jb, *jc;
+    struct etf_diag diag;
+    assert_int_equal(etf_sim_report_json(a.sim, 0, &ja, &diag), 0);
+    assert_int_equal(etf_sim_report_json(b.sim, 0, &jb, &diag), 0);
+    assert_int_equal(etf_sim_report_json(c.sim, 0, &jc, &diag), 0);
+    assert_string_equal(ja, jb);
+    assert_non_null(strstr(ja, "\"sched_ns_per_dispatch\": null"));
+    assert_non_null(strstr(ja, "\"jain_time\": "));
+    /* Another seed, other arrivals. */
+    assert_string_not_equal(ja, jc);
+    char *ca = csv_of(&a), *cb = csv_of(&b);
+    assert_string_equal(ca, cb);
+    assert_true(strncmp(ca, "task_id,entity_id,model_id,start_t,end_t,service_time,energy_used\n",
+                        66) == 0);
+    free(ja);
+    free(jb);
+    free(jc);
+    free(ca);
+    free(cb);
+
+    /* The original example too, written through the file API. */
+    struct run p = run_file(PAIR), q = run_file(PAIR);
+    assert_int_equal(etf_sim_report_json(p.sim, 0, &ja, &diag), 0);
+    assert_int_equal(etf_sim_report_json(q.sim, 0, &jb, &diag), 0);
+    assert_string_equal(ja, jb);
+    ca = csv_of(&p);
+    cb = csv_of(&q);
+    assert_string_equal(ca, cb);
+    free(ja);
+    free(jb);
+    free(ca);
+    free(cb);
+    run_free(&a);
+    run_free(&b);
+    run_free(&c);
+    run_free(&p);
+    run_free(&q);
+}
+
+/* Three backlogged tenants of different priorities and frequencies. */
+#define THREE                                                                                      \
+    "{'quantum_us':40000,'phi':%g,'duration_s':60,'tenants':["                                     \
+    "{'name':'a','priority':0,'models':[{'profile':'resnet50_profile.json',"                       \
+    "'frequency_hz':1300500000,'load':{'closed':2}}]},"                                            \
+    "{'name':'b','priority':-3,'models':[{'profile':'resnet18_profile.json',"                      \
+    "'frequency_hz':726750000,'load':{'closed':2}}]},"                                             \
+    "{'name':'c','priority':3,'models':[{'profile':'resnet50_profile.json',"                       \
+    "'frequency_hz':420750000,'load':{'closed':1}}]}]}"
+
+static void test_shares_follow_allocation(void **state)
+{
+    (void)state;
+    static const double phis[] = {1, 0.5, 0};
+    for (size_t k = 0; k < 3; k++) {
+        struct run run = run_q(THREE, phis[k]);
+        const struct etf_sim_result *r = run.r;
+        double total_w = 0, alloc = 0;
+        for (size_t i = 0; i < 3; i++) {
+            total_w += r->tenants[i].weight;
+            alloc += r->tenants[i].alloc_share;
+        }
+        assert_near(alloc, 1, 1e-9); /* all three were in the latest allocation */
+        for (size_t i = 0; i < 3; i++) {
+            const struct etf_sim_tenant_result *t = &r->tenants[i];
+            assert_near(t->time_share, t->alloc_share, 0.01);
+            double wshare = t->weight / total_w;
+            if (phis[k] == 1) /* weighted time fairness */
+                assert_near(t->time_share, wshare, 0.01);
+            if (phis[k] == 0) /* weighted energy fairness */
+                assert_near(t->energy_share / wshare, 1, 0.01);
+        }
+        if (phis[k] == 1)
+            assert_near(r->jain_time, 1, 0.001);
+        if (phis[k] == 0)
+            assert_near(r->jain_energy, 1, 0.001);
+        run_free(&run);
+    }
+}
+
+/* A nice 19 tenant against two nice -20 ones still runs, and gets about its weight. */
+static void test_no_starvation(void **state)
+{
+    (void)state;
+    struct run run =
+        run_q("{'quantum_us':40000,'phi':1,'duration_s':1000,'tenants':["
+              "{'name':'low','priority':19,'models':[{'profile':'resnet18_profile.json',"
+              "'frequency_hz':1300500000,'load':{'closed':1}}]},"
+              "{'name':'high1','priority':-20,'models':[{'profile':'resnet18_profile.json',"
+              "'frequency_hz':1300500000,'load':{'closed':1}}]},"
+              "{'name':'high2','priority':-20,'models':[{'profile':'resnet50_profile.json',"
+              "'frequency_hz':1300500000,'load':{'closed':1}}]}]}");
+    const struct etf_sim_tenant_result *low = &run.r->tenants[0];
+    double wshare = 15.0 / (15.0 + 2 * 88761.0);
+    assert_true(low->tasks >= 2);
+    assert_near(low->time_share / wshare, 1, 0.25);
+    run_free(&run);
+}
+
+/* c joins at 20 s: before, a and b split the device; after, c gets its allocation. */
+static void test_join(void **state)
+{
+    (void)state;
+    struct run run =
+        run_q("{'quantum_us':40000,'phi':1,'duration_s':60,'tenants':["
+              "{'name':'a','priority':0,'models':[{'profile':'resnet18_profile.json',"
+              "'frequency_hz':1300500000,'load':{'closed':2}}]},"
+              "{'name':'b','priority':-2,'models':[{'profile':'resnet50_profile.json',"
+              "'frequency_hz':1032750000,'load':{'closed':2}}]},"
+              "{'name':'c','priority':2,'start_s':20,'models':[{'profile':'resnet18_profile.json',"
+              "'frequency_hz':726750000,'load':{'closed':2}}]}]}");
+    const struct etf_sim_result *r = run.r;
+    double before[3], after[3];
+    window_shares(&run, 0, 20ull * S, before);
+    window_shares(&run, 22ull * S, 60ull * S, after);
+    double wa = 1024, wb = 1586, wc = 655;
+    assert_near(before[2], 0, 0);
+    assert_near(before[0], wa / (wa + wb), 0.01);
+    assert_near(before[1], wb / (wa + wb), 0.01);
+    for (size_t i = 0; i < 3; i++)
+        assert_near(after[i], r->tenants[i].alloc_share, 0.01);
+    assert_near(after[2], wc / (wa + wb + wc), 0.01);
+    /* c's first request arrived at its start. */
+    uint64_t first = UINT64_MAX;
+    for (size_t k = 0; k < r->n_tasks; k++)
+        if (r->tasks[k].tenant == 2 && r->tasks[k].rec.submit_ns < first)
+            first = r->tasks[k].rec.submit_ns;
+    assert_int_equal(first, 20ull * S);
+    run_free(&run);
+}
+
+/* b stops submitting at 30 s; once its last requests are done, a and c share the device. */
+static void test_leave(void **state)
+{
+    (void)state;
+    struct run run =
+        run_q("{'quantum_us':40000,'phi':1,'duration_s':60,'tenants':["
+              "{'name':'a','priority':0,'models':[{'profile':'resnet18_profile.json',"
+              "'frequency_hz':1300500000,'load':{'closed':2}}]},"
+              "{'name':'b','priority':-5,'stop_s':30,'models':[{'profile':'resnet50_profile.json',"
+              "'frequency_hz':1300500000,'load':{'closed':2}}]},"
+              "{'name':'c','priority':3,'models':[{'profile':'resnet50_profile.json',"
+              "'frequency_hz':726750000,'load':{'closed':1}}]}]}");
+    double before[3], after[3];
+    window_shares(&run, 0, 30ull * S, before);
+    window_shares(&run, 32ull * S, 60ull * S, after);
+    double wa = 1024, wb = 3121, wc = 526;
+    assert_near(before[1], wb / (wa + wb + wc), 0.01);
+    assert_near(after[1], 0, 0);
+    assert_near(after[0], wa / (wa + wc), 0.01);
+    assert_near(after[2], wc / (wa + wc), 0.01);
+    /* b submitted nothing at or after 30 s. */
+    for (size_t k = 0; k < run.r->n_tasks; k++)
+        if (run.r->tasks[k].tenant == 1)
+            assert_true(run.r->tasks[k].rec.submit_ns < 30ull * S);
+    run_free(&run);
+}
+
+/* At phi = 1, shares after a priority change follow the new weights. */
+static void test_priority_change(void **state)
+{
+    (void)state;
+    struct run run = run_q("{'quantum_us':40000,'phi':1,'duration_s':60,'tenants':["
+                           "{'name':'a','models':[{'profile':'resnet18_profile.json',"
+                           "'frequency_hz':1300500000,'load':{'closed':2}}]},"
+                           "{'name':'b','priority_changes':[{'at_s':30,'priority':-5}],"
+                           "'models':[{'profile':'resnet50_profile.json','frequency_hz':726750000,"
+                           "'load':{'closed':2}}]}]}");
+    double before[2], after[2];
+    window_shares(&run, 0, 30ull * S, before);
+    window_shares(&run, 31ull * S, 60ull * S, after);
+    assert_near(before[1], 0.5, 0.01);
+    assert_near(after[1], 3121.0 / (3121 + 1024), 0.01);
+    assert_int_equal(run.r->tenants[1].priority, -5);
+    assert_int_equal(run.r->tenants[1].weight, 3121);
+    run_free(&run);
+}
+
+/* An open loop below capacity: every request completes, with little queueing. */
+static void test_poisson_below_capacity(void **state)
+{
+    (void)state;
+    struct run run = run_q("{'quantum_us':40000,'phi':0.5,'duration_s':60,'seed':3,'tenants':["
+                           "{'name':'p','stop_s':55,'models':[{'profile':'resnet18_profile.json',"
+                           "'frequency_hz':1300500000,'load':{'poisson_rps':10}}]}]}");
+    const struct etf_sim_tenant_result *p = &run.r->tenants[0];
+    /* 550 expected; 5 standard deviations either way. */
+    assert_true(p->submitted > 433 && p->submitted < 667);
+    assert_int_equal(p->rejected, 0);
+    assert_int_equal(p->tasks, p->submitted);
+    assert_true(p->latency_p50_ns >= 21406000u); /* at least the service time */
+    assert_true(p->latency_p50_ns < 40000000u);
+    assert_true(p->latency_p99_ns >= p->latency_p50_ns);
+    /* Idle gaps are skipped, not simulated: the clock ends at the duration. */
+    assert_int_equal(run.r->duration_ns, 60ull * S);
+    run_free(&run);
+}
+
+static void test_bad_backend(void **state)
+{
+    (void)state;
+    const char *doc = "{\"quantum_us\":1000,\"phi\":1,\"duration_s\":1,\"device\":\"cuda\","
+                      "\"tenants\":[{\"name\":\"a\",\"models\":[{\"profile\":"
+                      "\"resnet18_profile.json\",\"frequency_hz\":1300500000,"
+                      "\"load\":{\"closed\":1}}]}]}";
+    struct etf_scenario *sc = NULL;
+    struct etf_sim *sim = NULL;
+    struct etf_diag diag = {{0}};
+    assert_int_equal(etf_scenario_parse(doc, strlen(doc), NULL, TX2_DIR, 0, &sc, &diag), 0);
+    assert_int_equal(etf_sim_create(sc, &sim, &diag), ETF_ENOTSUP);
+    assert_null(sim);
+    assert_non_null(strstr(diag.msg, "device: device 'cuda' is not available"));
+    etf_scenario_free(sc);
+}
+
+static void test_run_once(void **state)
+{
+    (void)state;
+    struct run run = run_q(
+        "{'quantum_us':1000,'phi':1,'duration_s':0.5,'tenants':[{'name':'a','models':["
+        "{'profile':'resnet18_profile.json','frequency_hz':1300500000,'load':{'closed':1}}]}]}");
+    struct etf_diag diag;
+    assert_int_equal(etf_sim_run(run.sim, &diag), ETF_EBUSY);
+    /* One tenant gets everything; fairness among one is perfect. */
+    assert_near(run.r->tenants[0].time_share, 1, 0);
+    assert_near(run.r->jain_time, 1, 1e-12);
+    char *json;
+    assert_int_equal(etf_sim_report_json(run.sim, ETF_SIM_REPORT_TIMING, &json, &diag), 0);
+    assert_null(strstr(json, "\"sched_ns_per_dispatch\": null"));
+    free(json);
+    run_free(&run);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_original_example),
+        cmocka_unit_test(test_reproducible),
+        cmocka_unit_test(test_shares_follow_allocation),
+        cmocka_unit_test(test_no_starvation),
+        cmocka_unit_test(test_join),
+        cmocka_unit_test(test_leave),
+        cmocka_unit_test(test_priority_change),
+        cmocka_unit_test(test_poisson_below_capacity),
+        cmocka_unit_test(test_bad_backend),
+        cmocka_unit_test(test_run_once),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
