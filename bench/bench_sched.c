@@ -1,11 +1,13 @@
 /* Scheduler overhead: host nanoseconds per kernel dispatch with 10, 1,000 and 10,000
  * backlogged tenants on the simulated device and a virtual clock, against the same kernels
- * launched back-to-back without the scheduler (the peer), and the cost of one slice
- * allocation at each size. Prints numbers; asserts nothing. */
+ * launched back-to-back without the scheduler (the peer), the cost of allocating all slices
+ * at once (the closed form, a sort) and of what the scheduler does instead when an entity
+ * leaves and returns (two treap updates and a new water level). Prints numbers only. */
 #include "etf/sched.h"
 
 #include "device/device.h"
 #include "sched/alloc.h"
+#include "sched/share_tree.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,7 +130,7 @@ static double bench_device_only(uint64_t dispatches)
     return ns;
 }
 
-/* Median host µs of one allocation over n entities. */
+/* Median host µs of one allocation of all n slices at once (alloc.c, a sort). */
 static double bench_alloc(size_t n)
 {
     struct etf_alloc_input *in = malloc(n * sizeof *in);
@@ -151,6 +153,34 @@ static double bench_alloc(size_t n)
     return (double)t[REPS / 2] / 1000.0;
 }
 
+/* Host ns of what the scheduler does when one of n runnable entities leaves and comes
+ * back: two treap updates and a new water level. */
+static double bench_share_tree(size_t n)
+{
+    struct etf_share_node *nodes = calloc(n, sizeof *nodes);
+    struct etf_share_tree tree;
+    etf__share_init(&tree);
+    for (size_t i = 0; i < n; i++) {
+        nodes[i] = (struct etf_share_node){.seq = i,
+                                           .weight = etf_nice_to_weight((int)(i % 40) - 20),
+                                           .power_mw = 100.0 + (double)((i * 2654435761u) % 5000)};
+        etf__share_insert(&tree, &nodes[i]);
+    }
+    enum { REPS = 200000 };
+    double sink = 0;
+    uint64_t start = etf_host_ns();
+    for (size_t r = 0; r < REPS; r++) {
+        struct etf_share_node *node = &nodes[(r * 7919) % n];
+        etf__share_remove(&tree, node);
+        etf__share_insert(&tree, node);
+        struct etf_share_level lv = etf__share_level(&tree, 0.5, 40e6);
+        sink += lv.level;
+    }
+    double ns = (double)(etf_host_ns() - start) / REPS;
+    free(nodes);
+    return sink > 0 ? ns : ns; /* sink keeps the loop from being optimised away */
+}
+
 int main(int argc, char **argv)
 {
     uint64_t dispatches = argc > 1 ? strtoull(argv[1], NULL, 10) : 2000000;
@@ -160,13 +190,13 @@ int main(int argc, char **argv)
            "Q 40 ms, phi 0.5)\n",
            KERNELS, KERNEL_US);
     printf("device alone: %.1f ns per kernel launch\n\n", peer);
-    printf("%8s  %14s  %12s  %16s  %14s\n", "tenants", "ns/dispatch", "x device", "kernels/turn",
-           "alloc us");
+    printf("%8s  %12s  %9s  %13s  %17s  %18s\n", "tenants", "ns/dispatch", "x device",
+           "kernels/turn", "full alloc us", "leave+join+level ns");
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
         double ns, per_turn;
         bench_dispatch(sizes[i], dispatches, &ns, &per_turn);
-        printf("%8zu  %14.1f  %12.2f  %16.2f  %14.2f\n", sizes[i], ns, ns / peer, per_turn,
-               bench_alloc(sizes[i]));
+        printf("%8zu  %12.1f  %9.2f  %13.2f  %17.2f  %18.1f\n", sizes[i], ns, ns / peer, per_turn,
+               bench_alloc(sizes[i]), bench_share_tree(sizes[i]));
     }
     return 0;
 }

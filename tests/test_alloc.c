@@ -8,6 +8,7 @@
 
 #include "etf/etf.h"
 #include "sched/alloc.h"
+#include "sched/share_tree.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -241,6 +242,60 @@ static void nice_levels_map_to_the_cfs_table(void **state)
     assert_true(etf_nice_valid(19));
 }
 
+/* The scheduler's incremental allocation (share_tree.c) must give the closed form's slices
+ * as entities join, leave and change weight or power in any order. */
+static void incremental_tree_matches_closed_form(void **state)
+{
+    (void)state;
+    enum { N = 300 };
+    static struct etf_share_node nodes[N];
+    static bool present[N];
+    struct etf_share_tree tree;
+    etf__share_init(&tree);
+    struct etf_alloc_input in[N];
+    double expected[N];
+    struct etf_alloc_rank rank[N];
+    size_t index[N];
+    static const double phis[] = {0, 0.3, 0.7, 1};
+    for (int op = 0; op < 3000; op++) {
+        size_t i = (size_t)(uniform() * N);
+        if (present[i]) {
+            etf__share_remove(&tree, &nodes[i]);
+            present[i] = false;
+        }
+        if (uniform() < 0.6) { /* (re)join with a new weight and power */
+            nodes[i].seq = i;
+            nodes[i].weight = etf_nice_to_weight((int)(uniform() * 40) - 20);
+            /* few distinct powers, so that ties in the tree's order are common */
+            nodes[i].power_mw = 100.0 * (1 + (int)(uniform() * 20));
+            etf__share_insert(&tree, &nodes[i]);
+            present[i] = true;
+        }
+        if (op % 100 != 99 || tree.n == 0)
+            continue;
+        size_t n = 0;
+        for (size_t j = 0; j < N; j++) {
+            if (present[j]) {
+                in[n] = (struct etf_alloc_input){nodes[j].weight, nodes[j].power_mw};
+                index[n++] = j;
+            }
+        }
+        assert_int_equal(n, tree.n);
+        for (size_t p = 0; p < sizeof phis / sizeof *phis; p++) {
+            assert_int_equal(etf__alloc_slices(in, n, phis[p], Q, expected, rank), 0);
+            struct etf_share_level lv = etf__share_level(&tree, phis[p], Q);
+            double total = 0;
+            for (size_t k = 0; k < n; k++) {
+                const struct etf_share_node *node = &nodes[index[k]];
+                double got = etf__share_slice(&lv, node->weight, node->power_mw);
+                assert_true(fabs(got - expected[k]) <= 1e-9 * expected[k]);
+                total += got;
+            }
+            assert_true(fabs(total - Q) <= 1e-9 * Q);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -254,6 +309,7 @@ int main(void)
         cmocka_unit_test(equal_power_ties_are_deterministic),
         cmocka_unit_test(invalid_inputs_are_refused),
         cmocka_unit_test(nice_levels_map_to_the_cfs_table),
+        cmocka_unit_test(incremental_tree_matches_closed_form),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

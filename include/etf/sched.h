@@ -138,8 +138,16 @@ int etf_model_unload(struct etf_sched *s, uint64_t mid, struct etf_diag *diag);
 
 /* ---- Tasks ---- */
 
+/* The tensors of one inference, owned by the caller until on_done reports the task:
+ * fp32, C order, in the shapes of the plan's inputs and outputs (etf/model.h). */
+struct etf_task_io {
+    const float *const *inputs;
+    float *const *outputs;
+};
+
 struct etf_request {
     uint64_t mid;
+    const struct etf_task_io *io; /* NULL for models without real kernels (sim device) */
     /* Arrival time on the scheduler's clock; 0 = now. Drivers that inject arrivals late
      * (the simulator between turns) give the true arrival time here. */
     uint64_t submit_ns;
@@ -183,9 +191,11 @@ struct etf_entity_stats {
     bool runnable;
     uint64_t tasks_done, tasks_queued;
     uint64_t time_ns, energy_nj; /* charged so far */
-    double slice_ns;             /* from the latest allocation (0 if never runnable) */
+    /* Runnable and waiting: the slice of its next turn under the current weights and
+     * powers; running or not runnable: the slice of its latest turn (0 if none). */
+    double slice_ns;
     double vruntime;
-    double power_mw; /* the P_i the allocation uses */
+    double power_mw; /* the P_i the allocation uses (while not runnable: its latest estimate) */
 };
 int etf_entity_stats(struct etf_sched *s, uint64_t eid, struct etf_entity_stats *out);
 

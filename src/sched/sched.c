@@ -12,8 +12,8 @@
 #include "device/device.h"
 #include "freq/freq.h"
 #include "meter/meter.h"
-#include "sched/alloc.h"
 #include "sched/runqueue.h"
+#include "sched/share_tree.h"
 #include "util/idmap.h"
 
 #include <errno.h>
@@ -63,10 +63,10 @@ struct entity {
     /* Moving averages of energy and time per inference; their ratio is the measured power. */
     double avg_energy_nj, avg_time_ns;
     bool has_run;
-    double power_in_alloc; /* the power the latest allocation used */
-    double slice_ns;
+    /* In the allocation while runnable; its weight and power are what the allocation uses. */
+    struct etf_share_node share;
+    double slice_ns; /* the slice of its latest turn */
     bool runnable, on_cpu;
-    size_t runnable_index;
     uint64_t tasks_done, time_ns, energy_nj;
 };
 
@@ -104,12 +104,10 @@ struct etf_sched {
     double phi;
 
     struct etf_idmap entities, models;
+    /* The runnable entities, twice: by vruntime (who runs next) and by power (how much). */
     struct etf_runqueue rq;
-    struct entity **runnable; /* every runnable entity (= every entity in rq) */
-    size_t n_runnable, runnable_cap;
-    struct etf_alloc_input *alloc_in;
-    struct etf_alloc_rank *alloc_rank;
-    double *alloc_out;
+    struct etf_share_tree shares;
+    struct etf_share_level level; /* of the latest allocation */
     bool alloc_dirty;
     double min_vruntime;
 
@@ -195,50 +193,38 @@ static double entity_power(const struct entity *e)
     return p > MIN_POWER_MW ? p : MIN_POWER_MW;
 }
 
-/* Grows the runnable array and the allocation scratch to hold every entity, so that
- * making an entity runnable never fails. Called when an entity is created. */
-static int reserve_entities(struct etf_sched *s, size_t n)
-{
-    if (n <= s->runnable_cap)
-        return etf__rq_reserve(&s->rq, n);
-    size_t cap = s->runnable_cap ? s->runnable_cap * 2 : 16;
-    while (cap < n)
-        cap *= 2;
-    struct entity **runnable = realloc(s->runnable, cap * sizeof *runnable);
-    if (!runnable)
-        return ETF_ENOMEM;
-    s->runnable = runnable;
-    struct etf_alloc_input *in = realloc(s->alloc_in, cap * sizeof *in);
-    if (!in)
-        return ETF_ENOMEM;
-    s->alloc_in = in;
-    struct etf_alloc_rank *rank = realloc(s->alloc_rank, cap * sizeof *rank);
-    if (!rank)
-        return ETF_ENOMEM;
-    s->alloc_rank = rank;
-    double *out = realloc(s->alloc_out, cap * sizeof *out);
-    if (!out)
-        return ETF_ENOMEM;
-    s->alloc_out = out;
-    s->runnable_cap = cap;
-    return etf__rq_reserve(&s->rq, cap);
-}
-
+/* Recomputes the water level, from which each entity's slice follows (share_tree.h):
+ * O(log n), so joins and leaves stay cheap with thousands of tenants. */
 static void reallocate(struct etf_sched *s)
 {
-    for (size_t i = 0; i < s->n_runnable; i++) {
-        struct entity *e = s->runnable[i];
-        e->power_in_alloc = entity_power(e);
-        s->alloc_in[i] = (struct etf_alloc_input){(double)e->weight, e->power_in_alloc};
-    }
-    /* Inputs are valid by construction (weights > 0, powers clamped, policy checked), so
-     * this cannot fail. */
-    etf__alloc_slices(s->alloc_in, s->n_runnable, s->phi, (double)s->quantum_ns, s->alloc_out,
-                      s->alloc_rank);
-    for (size_t i = 0; i < s->n_runnable; i++)
-        s->runnable[i]->slice_ns = s->alloc_out[i];
+    s->level = etf__share_level(&s->shares, s->phi, (double)s->quantum_ns);
     s->alloc_dirty = false;
     s->stats.allocations++;
+}
+
+static double current_slice(const struct etf_sched *s, const struct entity *e)
+{
+    return etf__share_slice(&s->level, e->share.weight, e->share.power_mw);
+}
+
+/* The slice a runnable entity gets at its next turn under today's weights and powers,
+ * without touching the allocation (stats must not change what the dispatcher does). */
+static double next_slice(const struct etf_sched *s, const struct entity *e)
+{
+    if (!s->alloc_dirty)
+        return current_slice(s, e);
+    struct etf_share_level lv = etf__share_level(&s->shares, s->phi, (double)s->quantum_ns);
+    return etf__share_slice(&lv, e->share.weight, e->share.power_mw);
+}
+
+/* Re-keys a runnable entity in the allocation after its weight or power changed. */
+static void reshare(struct etf_sched *s, struct entity *e, double weight, double power_mw)
+{
+    etf__share_remove(&s->shares, &e->share);
+    e->share.weight = weight;
+    e->share.power_mw = power_mw;
+    etf__share_insert(&s->shares, &e->share);
+    s->alloc_dirty = true;
 }
 
 static void join(struct etf_sched *s, struct entity *e)
@@ -246,20 +232,19 @@ static void join(struct etf_sched *s, struct entity *e)
     e->runnable = true;
     if (e->rq.vruntime < s->min_vruntime)
         e->rq.vruntime = s->min_vruntime;
-    e->runnable_index = s->n_runnable;
-    s->runnable[s->n_runnable++] = e;
     etf__rq_push(&s->rq, &e->rq); /* room reserved at entity creation */
+    e->share.weight = e->weight;
+    e->share.power_mw = entity_power(e);
+    etf__share_insert(&s->shares, &e->share);
     s->alloc_dirty = true;
     pthread_cond_signal(&s->work);
 }
 
-/* Takes an entity with an empty queue out of the runnable set and the run queue. */
+/* Takes an entity with an empty queue out of the run queue and the allocation. */
 static void leave(struct etf_sched *s, struct entity *e)
 {
     etf__rq_remove(&s->rq, &e->rq);
-    struct entity *last = s->runnable[--s->n_runnable];
-    s->runnable[e->runnable_index] = last;
-    last->runnable_index = e->runnable_index;
+    etf__share_remove(&s->shares, &e->share);
     e->runnable = false;
     s->alloc_dirty = true;
 }
@@ -276,9 +261,10 @@ static void note_power(struct etf_sched *s, struct entity *e, const struct task 
         e->avg_energy_nj += s->power_alpha * ((double)t->energy_nj - e->avg_energy_nj);
         e->avg_time_ns += s->power_alpha * ((double)t->service_ns - e->avg_time_ns);
     }
-    if (e->runnable && fabs(entity_power(e) - e->power_in_alloc) >
-                           POWER_REALLOC_THRESHOLD * e->power_in_alloc)
-        s->alloc_dirty = true;
+    double power = entity_power(e);
+    if (e->runnable &&
+        fabs(power - e->share.power_mw) > POWER_REALLOC_THRESHOLD * e->share.power_mw)
+        reshare(s, e, e->share.weight, power);
 }
 
 /* ---- Task completion ---- */
@@ -353,9 +339,15 @@ static void end_turn(struct etf_sched *s, struct entity *e, uint64_t used_ns)
         etf__rq_update(&s->rq, &e->rq);
     else
         leave(s, e);
+    /* As in CFS, the floor follows the least vruntime among the runnable entities and the
+     * one that just ran, even if it left: an entity running alone in request/response
+     * keeps leaving, and a newcomer must not start far behind it. */
+    double least = e->rq.vruntime;
     struct etf_rq_node *first = etf__rq_peek(&s->rq);
-    if (first && first->vruntime > s->min_vruntime)
-        s->min_vruntime = first->vruntime;
+    if (first && first->vruntime < least)
+        least = first->vruntime;
+    if (least > s->min_vruntime)
+        s->min_vruntime = least;
 }
 
 int etf_sched_step(struct etf_sched *s, bool *ran)
@@ -372,6 +364,7 @@ int etf_sched_step(struct etf_sched *s, bool *ran)
     /* The entity stays queued during its turn; end_turn re-orders it. */
     struct entity *e = (struct entity *)etf__rq_peek(&s->rq);
     e->on_cpu = true;
+    e->slice_ns = current_slice(s, e);
     s->stats.turns++;
     *ran = true;
 
@@ -543,6 +536,7 @@ int etf_sched_create(const struct etf_sched_config *cfg, struct etf_sched **out,
     etf__idmap_init(&s->entities);
     etf__idmap_init(&s->models);
     etf__rq_init(&s->rq);
+    etf__share_init(&s->shares);
     s->accepting = true;
     *out = s;
     return 0;
@@ -587,10 +581,6 @@ void etf_sched_destroy(struct etf_sched *s)
     etf__idmap_fini(&s->models);
     etf__idmap_fini(&s->entities);
     etf__rq_fini(&s->rq);
-    free(s->runnable);
-    free(s->alloc_in);
-    free(s->alloc_rank);
-    free(s->alloc_out);
     pthread_cond_destroy(&s->idle);
     pthread_cond_destroy(&s->work);
     pthread_mutex_destroy(&s->lock);
@@ -632,11 +622,12 @@ int etf_entity_create(struct etf_sched *s, int64_t nice, uint64_t *eid, struct e
     e->nice = (int)nice;
     e->weight = etf_nice_to_weight(e->nice);
     lock(s);
-    rc = reserve_entities(s, s->entities.live + 1);
+    rc = etf__rq_reserve(&s->rq, s->entities.live + 1);
     if (rc == 0)
         rc = etf__idmap_add(&s->entities, e, &e->eid);
     if (rc == 0) {
         e->rq.seq = e->eid;
+        e->share.seq = e->eid;
         *eid = e->eid;
     }
     unlock(s);
@@ -667,7 +658,7 @@ int etf_entity_set_priority(struct etf_sched *s, uint64_t eid, int64_t nice,
         e->nice = (int)nice;
         e->weight = etf_nice_to_weight(e->nice);
         if (e->runnable)
-            s->alloc_dirty = true;
+            reshare(s, e, e->weight, e->share.power_mw);
     }
     unlock(s);
     return e ? 0 : ETF_ENOENT;
@@ -875,9 +866,9 @@ int etf_entity_stats(struct etf_sched *s, uint64_t eid, struct etf_entity_stats 
             .tasks_queued = e->queued,
             .time_ns = e->time_ns,
             .energy_nj = e->energy_nj,
-            .slice_ns = e->slice_ns,
+            .slice_ns = e->runnable && !e->on_cpu ? next_slice(s, e) : e->slice_ns,
             .vruntime = e->rq.vruntime,
-            .power_mw = entity_power(e),
+            .power_mw = e->runnable ? e->share.power_mw : entity_power(e),
         };
     }
     unlock(s);
@@ -909,7 +900,7 @@ void etf_sched_stats(struct etf_sched *s, struct etf_sched_stats *out)
     lock(s);
     *out = s->stats;
     out->entities = s->entities.live;
-    out->runnable = s->n_runnable;
+    out->runnable = s->shares.n;
     out->models = s->models.live;
     out->tasks_queued = s->queued;
     unlock(s);
