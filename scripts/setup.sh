@@ -12,6 +12,13 @@ packages=(
   clang libclang-rt-14-dev                       # fuzz targets (libFuzzer) and sanitizers
 )
 
+# --models adds what exporting the real models needs (PyTorch from Debian, ~1.4 GB) and the
+# npm client for the ONNX Runtime peer of the benchmarks.
+if [ "${1:-}" = "--models" ]; then
+  packages=(python3-torch python3-torchvision python3-onnx python3-numpy)
+  command -v npm >/dev/null || packages+=(npm)
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

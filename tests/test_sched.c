@@ -292,28 +292,34 @@ static void model_frequency_outside_profile_is_einval_naming_it(void **state)
     fx_free(fx);
 }
 
-static void model_without_power_is_einval_under_the_model_meter(void **state)
+static void model_without_power_runs_and_charges_no_energy(void **state)
 {
     struct fixture *fx = fx_new(1, 10 * MS);
     uint64_t eid = fx_entity(fx, 0);
     struct etf_profile *prof = prof_uniform("nopower", 2, GHZ, 10, 0);
     assert_false(prof->has_power);
-    struct etf_model_spec spec = {.profile = prof};
-    struct etf_diag diag = {{0}};
-    uint64_t mid = 0;
-    assert_int_equal(etf_model_load(fx->s, eid, &spec, &mid, &diag), ETF_EINVAL);
-    if (!strstr(diag.msg, "power") || !strstr(diag.msg, "model"))
-        fail_msg("message does not explain the missing power: %s", diag.msg);
+    uint64_t mid = fx_model(fx, eid, prof, GHZ);
+    struct etf_model_stats ms;
+    assert_int_equal(etf_model_stats(fx->s, mid, &ms), 0);
+    assert_false(ms.has_power);
+    assert_int_equal(ms.kernels, 2);
+    fx_submit(fx, mid);
+    fx_drain(fx, 100);
+    assert_int_equal(etf_model_stats(fx->s, mid, &ms), 0);
+    assert_int_equal(ms.tasks_done, 1);
+    assert_int_equal(ms.time_ns, 20000);
+    assert_int_equal(ms.energy_nj, 0);
+    fx_free(fx);
+}
 
-    /* The same with no meter given (NULL = the model meter). */
-    struct etf_sched_config c = {.quantum_ns = MS, .phi = 1, .device = fx->dev};
-    struct etf_sched *s = NULL;
-    assert_int_equal(etf_sched_create(&c, &s, NULL), 0);
-    assert_int_equal(etf_entity_create(s, 0, &eid, NULL), 0);
-    assert_int_equal(etf_model_load(s, eid, &spec, &mid, &diag), ETF_EINVAL);
-    assert_non_null(strstr(diag.msg, "power"));
-    etf_sched_destroy(s);
-    etf_profile_free(prof);
+static void model_needs_a_profile_or_a_plan(void **state)
+{
+    struct fixture *fx = fx_new(1, 10 * MS);
+    uint64_t eid = fx_entity(fx, 0), mid = 0;
+    struct etf_model_spec spec = {.freq_hz = GHZ};
+    struct etf_diag diag = {{0}};
+    assert_int_equal(etf_model_load(fx->s, eid, &spec, &mid, &diag), ETF_EINVAL);
+    assert_non_null(strstr(diag.msg, "profile"));
     fx_free(fx);
 }
 
@@ -1378,7 +1384,8 @@ int main(void)
         cmocka_unit_test(entity_delete_is_ebusy_while_a_model_is_loaded),
         cmocka_unit_test(entity_and_model_ids_are_never_reused),
         cmocka_unit_test(model_frequency_outside_profile_is_einval_naming_it),
-        cmocka_unit_test(model_without_power_is_einval_under_the_model_meter),
+        cmocka_unit_test(model_without_power_runs_and_charges_no_energy),
+        cmocka_unit_test(model_needs_a_profile_or_a_plan),
         cmocka_unit_test(model_default_frequency_is_current_if_covered_else_highest),
         cmocka_unit_test(model_stats_report_name_owner_frequency_and_totals),
         cmocka_unit_test(submit_to_unknown_model_is_enoent),

@@ -68,6 +68,8 @@ int etf_freq_open(const char *name, const struct etf_freq_config *cfg, struct et
 void etf_freq_close(struct etf_freq *f);
 const char *etf_freq_name(const struct etf_freq *f);
 const char *const *etf_freq_names(void);
+/* The clock in force, or ETF_ENOTSUP when the controller cannot tell. */
+int etf_freq_current(struct etf_freq *f, uint64_t *hz);
 /* Number of frequency switches the controller has carried out. */
 uint64_t etf_freq_switches(const struct etf_freq *f);
 
@@ -121,16 +123,24 @@ int etf_entity_delete(struct etf_sched *s, uint64_t eid, struct etf_diag *diag);
 
 /* ---- Models ---- */
 
+struct etf_plan;
+
 struct etf_model_spec {
-    const char *name; /* for reports; NULL = the profile's model_name */
-    /* Per-kernel times and powers. The scheduler takes ownership on success only. */
+    const char *name; /* for reports; NULL = the profile's or the plan's name */
+    /* Per-kernel times and powers; NULL when not known. The scheduler takes ownership on
+     * success only. Without power figures (no profile, or one without power) the model
+     * meter charges no energy and the allocation assumes a neutral power for the model. */
     struct etf_profile *profile;
-    /* Operating frequency; it must be one the profile covers. 0 = the frequency the
-     * controller reports now if covered, else the profile's highest. */
+    /* The kernels to run (etf/model.h), borrowed: it must outlive the model. NULL for the
+     * simulated device, which runs the profile's times. At least one of the two is given;
+     * with both, they must have the same number of kernels. */
+    const struct etf_plan *plan;
+    /* Operating frequency; with a profile, one it covers. 0 = the frequency the controller
+     * reports now if covered, else the profile's highest. */
     uint64_t freq_hz;
 };
 /* Loads a model for entity eid on the device. Errors: ETF_ENOENT (entity), ETF_EINVAL
- * (frequency not in the profile, no power while the model meter is in use). */
+ * (frequency not in the profile, profile and plan disagree), the device's load errors. */
 int etf_model_load(struct etf_sched *s, uint64_t eid, const struct etf_model_spec *spec,
                    uint64_t *mid, struct etf_diag *diag);
 /* Unloads a model with no queued or running task. Errors: ETF_ENOENT, ETF_EBUSY. */
@@ -203,10 +213,17 @@ struct etf_model_stats {
     uint64_t mid, eid;
     char name[64];
     uint64_t freq_hz;
+    bool has_power; /* false: no power figures, energy is not charged */
+    size_t kernels;
     uint64_t tasks_done, tasks_queued;
     uint64_t time_ns, energy_nj;
 };
 int etf_model_stats(struct etf_sched *s, uint64_t mid, struct etf_model_stats *out);
+
+/* Device time charged to kernel k of a model over all its tasks so far, and how many times
+ * it ran. Errors: ETF_ENOENT (model), ETF_EINVAL (k out of range). */
+int etf_model_kernel_stats(struct etf_sched *s, uint64_t mid, size_t k, uint64_t *time_ns,
+                           uint64_t *runs);
 
 struct etf_sched_stats {
     uint64_t dispatches;  /* kernels launched */

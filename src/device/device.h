@@ -10,10 +10,13 @@
 
 #include "etf/sched.h"
 
-/* What a backend needs to load a model. */
+struct etf_plan;
+
+/* What a backend needs to load a model. Both are borrowed and outlive the loaded model. */
 struct etf_model_desc {
     const char *name;
-    const struct etf_profile *profile; /* borrowed; outlives the loaded model */
+    const struct etf_profile *profile; /* kernel times and powers; NULL when unknown */
+    const struct etf_plan *plan;       /* the kernels themselves; NULL for the sim device */
 };
 
 /* One kernel to run, and what running it measured. */
@@ -21,6 +24,11 @@ struct etf_kernel_run {
     struct etf_dmodel *dm;
     size_t kernel;    /* index into the model's kernels, in execution order */
     uint64_t freq_hz; /* the clock in force as the kernel runs; 0 = unknown */
+    /* The task's tensors: inputs are read before kernel 0 runs, outputs written once the
+     * last kernel has run. NULL = leave the model's buffers as they are (calibration,
+     * benchmarks). Kernels of one model never interleave between tasks: a model belongs to
+     * one entity, whose queue runs a task to its end before the next. */
+    const struct etf_task_io *io;
     uint64_t busy_ns; /* out: device time the kernel took */
 };
 
@@ -47,6 +55,10 @@ struct etf_device {
 };
 
 extern const struct etf_device_ops etf__device_sim_ops;
+#ifdef ETF_HAVE_DNNL
+/* Runs plans on the host CPU with oneDNN (device_cpu.c). */
+extern const struct etf_device_ops etf__device_cpu_ops;
+#endif
 
 /* Thin dispatchers: the only way the scheduler reaches a backend. */
 int etf__device_load(struct etf_device *dev, const struct etf_model_desc *desc,

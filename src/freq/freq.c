@@ -46,6 +46,11 @@ const char *etf_freq_name(const struct etf_freq *f)
     return f->ops->name;
 }
 
+int etf_freq_current(struct etf_freq *f, uint64_t *hz)
+{
+    return etf__freq_get(f, hz);
+}
+
 uint64_t etf_freq_switches(const struct etf_freq *f)
 {
     return f->switches;

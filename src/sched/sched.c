@@ -9,6 +9,8 @@
  */
 #include "etf/sched.h"
 
+#include "etf/model.h"
+
 #include "device/device.h"
 #include "freq/freq.h"
 #include "meter/meter.h"
@@ -41,6 +43,7 @@ struct task {
     uint64_t service_ns, energy_nj;
     size_t next_kernel;
     bool started;
+    const struct etf_task_io *io;
     void *user;
 };
 
@@ -76,9 +79,11 @@ struct model {
     char name[64];
     struct etf_profile *profile;
     uint64_t freq_hz;
+    bool has_power;  /* the profile gives power figures; without them no energy is charged */
     double power_mw; /* model-level profiled power at freq_hz; 0 when unknown */
     size_t n_kernels;
     double *kernel_mw; /* per-kernel profiled power at freq_hz; 0 when unknown */
+    uint64_t *kernel_ns, *kernel_runs; /* per-kernel device time charged, and runs */
     struct etf_dmodel *dm;
     size_t queued;
     uint64_t tasks_done, time_ns, energy_nj;
@@ -321,6 +326,8 @@ static void charge(struct etf_sched *s, struct entity *e, struct model *m, struc
     t->energy_nj += energy;
     m->time_ns += busy;
     m->energy_nj += energy;
+    m->kernel_ns[run->kernel] += busy;
+    m->kernel_runs[run->kernel]++;
     e->time_ns += busy;
     e->energy_nj += energy;
     s->stats.busy_ns += busy;
@@ -376,7 +383,8 @@ int etf_sched_step(struct etf_sched *s, bool *ran)
             t->started = true;
             t->start_ns = now_ns(s);
         }
-        struct etf_kernel_run run = {.dm = m->dm, .kernel = t->next_kernel, .freq_hz = m->freq_hz};
+        struct etf_kernel_run run = {
+            .dm = m->dm, .kernel = t->next_kernel, .freq_hz = m->freq_hz, .io = t->io};
         bool switching = s->can_set_freq && s->cur_hz != m->freq_hz;
         unlock(s);
 
@@ -552,13 +560,20 @@ fail_free:
     return etf_diagf(diag, ETF_ENOMEM, "scheduler: cannot create its lock");
 }
 
+static void model_free_arrays(struct model *m)
+{
+    free(m->kernel_mw);
+    free(m->kernel_ns);
+    free(m->kernel_runs);
+    free(m);
+}
+
 static void model_free(struct etf_sched *s, struct model *m)
 {
     if (m->dm)
         etf__device_unload(s->dev, m->dm);
     etf_profile_free(m->profile);
-    free(m->kernel_mw);
-    free(m);
+    model_free_arrays(m);
 }
 
 void etf_sched_destroy(struct etf_sched *s)
@@ -682,13 +697,21 @@ int etf_entity_delete(struct etf_sched *s, uint64_t eid, struct etf_diag *diag)
 
 /* ---- Models ---- */
 
-static int model_prepare(struct etf_sched *s, const struct etf_model_spec *spec, uint64_t cur_hz,
-                         struct model **out, struct etf_diag *diag)
+static int model_prepare(const struct etf_model_spec *spec, uint64_t cur_hz, struct model **out,
+                         struct etf_diag *diag)
 {
     const struct etf_profile *p = spec->profile;
-    const char *name = spec->name ? spec->name : p->model_name;
-    long fi;
-    if (spec->freq_hz) {
+    const char *name = spec->name      ? spec->name
+                       : p             ? p->model_name
+                                       : etf_plan_name(spec->plan);
+    size_t n_kernels = p ? p->n_kernels : etf_plan_kernel_count(spec->plan);
+    if (p && spec->plan && etf_plan_kernel_count(spec->plan) != n_kernels)
+        return etf_diagf(diag, ETF_EINVAL,
+                         "model '%.64s': its profile has %zu kernels, its plan %zu: the profile "
+                         "was made for another model or another build of it",
+                         name, n_kernels, etf_plan_kernel_count(spec->plan));
+    long fi = -1;
+    if (p && spec->freq_hz) {
         fi = etf_profile_freq_index(p, spec->freq_hz);
         if (fi < 0)
             return etf_diagf(diag, ETF_EINVAL,
@@ -697,31 +720,29 @@ static int model_prepare(struct etf_sched *s, const struct etf_model_spec *spec,
                              name, (unsigned long long)spec->freq_hz,
                              (unsigned long long)p->freqs_hz[0],
                              (unsigned long long)p->freqs_hz[p->n_freqs - 1], p->n_freqs);
-    } else {
+    } else if (p) {
         fi = cur_hz ? etf_profile_freq_index(p, cur_hz) : -1;
         if (fi < 0)
             fi = (long)p->n_freqs - 1;
     }
-    if (!p->has_power && !etf__meter_measures(s->meter))
-        return etf_diagf(diag, ETF_EINVAL,
-                         "model '%.64s': its profile has no power figures, and the '%s' meter "
-                         "charges energy from them",
-                         name, s->meter ? etf_meter_name(s->meter) : "model");
 
     struct model *m = calloc(1, sizeof *m);
     if (!m)
         return etf_diagf(diag, ETF_ENOMEM, "model: out of memory");
-    m->kernel_mw = calloc(p->n_kernels, sizeof *m->kernel_mw);
-    if (!m->kernel_mw) {
-        free(m);
+    m->kernel_mw = calloc(n_kernels, sizeof *m->kernel_mw);
+    m->kernel_ns = calloc(n_kernels, sizeof *m->kernel_ns);
+    m->kernel_runs = calloc(n_kernels, sizeof *m->kernel_runs);
+    if (!m->kernel_mw || !m->kernel_ns || !m->kernel_runs) {
+        model_free_arrays(m);
         return etf_diagf(diag, ETF_ENOMEM, "model: out of memory");
     }
     snprintf(m->name, sizeof m->name, "%s", name);
-    m->freq_hz = p->freqs_hz[fi];
-    m->n_kernels = p->n_kernels;
-    if (p->has_power) {
+    m->freq_hz = p ? p->freqs_hz[fi] : spec->freq_hz ? spec->freq_hz : cur_hz;
+    m->n_kernels = n_kernels;
+    if (p && p->has_power) {
+        m->has_power = true;
         m->power_mw = p->power_mw[fi];
-        for (size_t k = 0; k < p->n_kernels; k++)
+        for (size_t k = 0; k < n_kernels; k++)
             m->kernel_mw[k] = p->kernels[k].power_mw[fi];
     }
     *out = m;
@@ -731,8 +752,8 @@ static int model_prepare(struct etf_sched *s, const struct etf_model_spec *spec,
 int etf_model_load(struct etf_sched *s, uint64_t eid, const struct etf_model_spec *spec,
                    uint64_t *mid, struct etf_diag *diag)
 {
-    if (!spec || !spec->profile)
-        return etf_diagf(diag, ETF_EINVAL, "model: no profile given");
+    if (!spec || (!spec->profile && !spec->plan))
+        return etf_diagf(diag, ETF_EINVAL, "model: neither a profile nor a plan given");
     lock(s);
     struct entity *e = find_entity(s, eid, diag);
     uint64_t cur_hz = s->cur_hz;
@@ -743,10 +764,10 @@ int etf_model_load(struct etf_sched *s, uint64_t eid, const struct etf_model_spe
         return ETF_ENOENT;
 
     struct model *m = NULL;
-    int rc = model_prepare(s, spec, cur_hz, &m, diag);
+    int rc = model_prepare(spec, cur_hz, &m, diag);
     if (rc)
         goto fail_unpin;
-    struct etf_model_desc desc = {.name = m->name, .profile = spec->profile};
+    struct etf_model_desc desc = {.name = m->name, .profile = spec->profile, .plan = spec->plan};
     rc = etf__device_load(s->dev, &desc, &m->dm, diag);
     if (rc)
         goto fail_model;
@@ -757,7 +778,7 @@ int etf_model_load(struct etf_sched *s, uint64_t eid, const struct etf_model_spe
         m->profile = spec->profile; /* ownership moves only on success */
         m->entity = e;
         e->models++;
-        if (m->power_mw > 0) {
+        if (m->has_power) {
             e->profile_power_sum += m->power_mw;
             e->powered_models++;
         }
@@ -794,7 +815,7 @@ int etf_model_unload(struct etf_sched *s, uint64_t mid, struct etf_diag *diag)
         etf__idmap_remove(&s->models, mid);
         struct entity *e = m->entity;
         e->models--;
-        if (m->power_mw > 0) {
+        if (m->has_power) {
             e->profile_power_sum -= m->power_mw;
             e->powered_models--;
         }
@@ -833,6 +854,7 @@ int etf_submit(struct etf_sched *s, const struct etf_request *req, uint64_t *tid
     t->model = m;
     t->tid = ++s->last_tid;
     t->submit_ns = req->submit_ns ? req->submit_ns : now_ns(s);
+    t->io = req->io;
     t->user = req->user;
     if (e->tail)
         e->tail->next = t;
@@ -884,6 +906,8 @@ int etf_model_stats(struct etf_sched *s, uint64_t mid, struct etf_model_stats *o
             .mid = m->mid,
             .eid = m->entity->eid,
             .freq_hz = m->freq_hz,
+            .has_power = m->has_power,
+            .kernels = m->n_kernels,
             .tasks_done = m->tasks_done,
             .tasks_queued = m->queued,
             .time_ns = m->time_ns,
@@ -893,6 +917,20 @@ int etf_model_stats(struct etf_sched *s, uint64_t mid, struct etf_model_stats *o
     }
     unlock(s);
     return m ? 0 : ETF_ENOENT;
+}
+
+int etf_model_kernel_stats(struct etf_sched *s, uint64_t mid, size_t k, uint64_t *time_ns,
+                           uint64_t *runs)
+{
+    lock(s);
+    struct model *m = etf__idmap_get(&s->models, mid);
+    int rc = !m ? ETF_ENOENT : k >= m->n_kernels ? ETF_EINVAL : 0;
+    if (rc == 0) {
+        *time_ns = m->kernel_ns[k];
+        *runs = m->kernel_runs[k];
+    }
+    unlock(s);
+    return rc;
 }
 
 void etf_sched_stats(struct etf_sched *s, struct etf_sched_stats *out)
