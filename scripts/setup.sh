@@ -9,6 +9,7 @@ packages=(
   libcmocka-dev                                  # unit tests
   libprotobuf-c-dev protobuf-c-compiler libonnx-dev  # ONNX models
   libdnnl-dev                                    # the CPU device (oneDNN)
+  libgrpc-dev python3-grpcio python3-grpc-tools  # the server, its client, and an independent Python peer
   clang libclang-rt-14-dev                       # fuzz targets (libFuzzer) and sanitizers
 )
 

@@ -43,9 +43,9 @@ expect 2 "etf-sim: cannot open $tmp/no/t.csv" "$pair" --tasks "$tmp/no/t.csv"
 printf '{"quantum_us": 40000, "phi": 2, "duration_s": 1, "tenants": []}' >"$tmp/bad.json"
 expect 2 "etf-sim: $tmp/bad.json: phi: expected a number in [0, 1], found 2" "$tmp/bad.json"
 # A backend this build lacks; profile paths made absolute so the copy can live in $tmp.
-sed -e 's/"duration_s": 60/"duration_s": 1, "device": "cuda"/' \
-    -e "s|\\.\\./data/|$src/data/|g" "$pair" >"$tmp/cuda.json"
-expect 2 "etf-sim: $tmp/cuda.json: device: device 'cuda' is not available" "$tmp/cuda.json"
+sed -e 's/"duration_s": 60/"duration_s": 1, "device": "nodev"/' \
+    -e "s|\\.\\./data/|$src/data/|g" "$pair" >"$tmp/nodev.json"
+expect 2 "etf-sim: $tmp/nodev.json: device: device 'nodev' is not available" "$tmp/nodev.json"
 
 # --help goes to stdout and succeeds.
 if ! "$sim" --help >"$tmp/out" 2>&1 || ! grep -q "usage: etf-sim" "$tmp/out"; then

@@ -1,6 +1,7 @@
 /* Tests of the scenario parser: every rejection with its error code and a message that
  * names the field, the defaults, string frequencies, paths relative to the scenario file,
- * and the errors found when the scenario is set up (backends, frequencies). */
+ * the errors found when the scenario is set up (backends, frequencies), and what a model
+ * must give for the simulated device and for a real one. */
 #include "etf/sim.h"
 
 #include <stdarg.h>
@@ -147,8 +148,41 @@ static const struct bad_case bad_cases[] = {
      "tenants[0].models[0].load: unknown key \"poison_rps\""},
     {TOP("", "{'name':'a','models':[" MODEL("'load':3") "]}"), PARSE, ETF_EFORMAT,
      "tenants[0].models[0].load: expected an object, found 3"},
-    {TOP("", "{'name':'a','models':[{'profile':'resnet18_profile.json'," LOAD2 "}]}"), PARSE,
-     ETF_EFORMAT, "tenants[0].models[0]: missing key \"frequency_hz\""},
+    /* What a model gives, and what the device needs of it. */
+    {TOP("", "{'name':'a','models':[{" LOAD2 "}]}"), PARSE, ETF_EFORMAT,
+     "tenants[0].models[0]: missing key \"profile\": the \"sim\" device runs the kernel times "
+     "of a profile"},
+    {TOP("", "{'name':'a','models':[{'onnx':'m.onnx'," LOAD2 "}]}"), PARSE, ETF_EFORMAT,
+     "tenants[0].models[0]: missing key \"profile\": the \"sim\" device runs the kernel times "
+     "of a profile (it does not run ONNX files)"},
+    {TOP("'device':'nodev',", "{'name':'a','models':[{" LOAD2 "}]}"), PARSE, ETF_EFORMAT,
+     "tenants[0].models[0]: missing key \"profile\" or \"onnx\""},
+    {TOP("", "{'name':'a','models':[" MODEL("'onnx':''," LOAD2) "]}"), PARSE, ETF_EFORMAT,
+     "tenants[0].models[0].onnx: expected a file name, found \"\""},
+    {TOP("", "{'name':'a','models':[" MODEL("'onnx':3," LOAD2) "]}"), PARSE, ETF_EFORMAT,
+     "tenants[0].models[0].onnx: expected a file name, found 3"},
+    {TOP("", "{'name':'a','models':[" MODEL("'onnx':'nope.onnx'," LOAD2) "]}"), PARSE, ETF_ENOENT,
+     "tenants[0].models[0].onnx: cannot open " TX2_DIR "/nope.onnx: No such file"},
+    {TOP("", "{'name':'a','models':[" MODEL("'onnx':'/'," LOAD2) "]}"), PARSE, ETF_EIO,
+     "tenants[0].models[0].onnx: / is not a regular file"},
+    {TOP("", "{'name':'a','models':[" MODEL("'onnx':'m.onnx','batch':0," LOAD2) "]}"), PARSE,
+     ETF_EINVAL, "tenants[0].models[0].batch: expected an integer 1..4096, found 0"},
+    {TOP("", "{'name':'a','models':[" MODEL("'onnx':'m.onnx','batch':4097," LOAD2) "]}"), PARSE,
+     ETF_EINVAL, "tenants[0].models[0].batch: expected an integer 1..4096, found 4097"},
+    {TOP("", "{'name':'a','models':[" MODEL("'onnx':'m.onnx','batch':'2'," LOAD2) "]}"), PARSE,
+     ETF_EFORMAT, "tenants[0].models[0].batch: expected an integer 1..4096, found \"2\""},
+    {TOP("", "{'name':'a','models':[" MODEL("'batch':2," LOAD2) "]}"), PARSE, ETF_EINVAL,
+     "tenants[0].models[0].batch: a batch size needs an ONNX file (key \"onnx\")"},
+    {TOP("'threads':0,", TENANT("a", "")), PARSE, ETF_EINVAL,
+     "threads: expected an integer 1..1024, found 0"},
+    {TOP("'threads':1025,", TENANT("a", "")), PARSE, ETF_EINVAL,
+     "threads: expected an integer 1..1024, found 1025"},
+    {TOP("'threads':'4',", TENANT("a", "")), PARSE, ETF_EFORMAT,
+     "threads: expected an integer 1..1024, found \"4\""},
+    /* The "sim" controller belongs to the simulated device, known to this build or not. */
+    {TOP("'device':'nodev','freq':'sim',", TENANT("a", "")), PARSE, ETF_EINVAL,
+     "t.json: freq: the \"sim\" controller only drives the simulated device, not device "
+     "\"nodev\""},
     {TOP("", "{'name':'a','models':[{'profile':'resnet18_profile.json','frequency_hz':'13x'," LOAD2
              "}]}"),
      PARSE, ETF_EINVAL,
@@ -179,8 +213,8 @@ static const struct bad_case bad_cases[] = {
      CREATE, ETF_EINVAL,
      "tenants[0].models[0]: model 'resnet18': its profile has no figures for "
      "123 Hz"},
-    {TOP("'device':'cuda',", TENANT("a", "")), CREATE, ETF_ENOTSUP,
-     "device 'cuda' is not available in this build"},
+    {TOP("'device':'nodev',", TENANT("a", "")), CREATE, ETF_ENOTSUP,
+     "device 'nodev' is not available in this build"},
     {TOP("'freq':'turbo',", TENANT("a", "")), CREATE, ETF_ENOTSUP,
      "frequency controller 'turbo' is not available"},
     {TOP("'meter':'rapl',", TENANT("a", "")), CREATE, ETF_ENOTSUP, "meter 'rapl' is not available"},
@@ -258,6 +292,7 @@ static void test_defaults(void **state)
     assert_string_equal(sc->device, "sim");
     assert_string_equal(sc->freq, "sim");
     assert_string_equal(sc->meter, "model");
+    assert_int_equal(sc->threads, 0);
     assert_int_equal(sc->n_tenants, 1);
     const struct etf_scenario_tenant *t = &sc->tenants[0];
     assert_string_equal(t->name, "a");
@@ -269,6 +304,8 @@ static void test_defaults(void **state)
     assert_int_equal(t->models[0].freq_hz, 1300500000u);
     assert_int_equal(t->models[0].load, ETF_SIM_LOAD_CLOSED);
     assert_int_equal(t->models[0].closed, 2);
+    assert_null(t->models[0].onnx_path);
+    assert_int_equal(t->models[0].batch, 0);
     assert_int_equal(sc->n_profiles, 1);
     assert_string_equal(sc->profiles[0].path, R18);
     etf_scenario_free(sc);
@@ -382,6 +419,93 @@ static void test_too_large(void **state)
     unlink(path);
 }
 
+/* frequency_hz may be left out: the model runs at the profile's highest frequency (the
+ * "sim" controller starts without one). */
+static void test_default_frequency(void **state)
+{
+    (void)state;
+    struct etf_scenario *sc = NULL;
+    struct etf_diag diag = {{0}};
+    const char *doc =
+        TOP("", "{'name':'a','models':[{'profile':'resnet18_profile.json'," LOAD2 "}]}");
+    int rc = parse_q(doc, TX2_DIR, 0, &sc, &diag);
+    if (rc)
+        fail_msg("%s", diag.msg);
+    assert_int_equal(sc->tenants[0].models[0].freq_hz, 0);
+    struct etf_sim *sim = NULL;
+    rc = etf_sim_create(sc, &sim, &diag);
+    if (rc)
+        fail_msg("%s", diag.msg);
+    etf_sim_destroy(sim);
+    etf_scenario_free(sc);
+}
+
+static bool have_device(const char *name)
+{
+    for (const char *const *n = etf_device_names(); *n; n++)
+        if (strcmp(*n, name) == 0)
+            return true;
+    return false;
+}
+
+/* A device of this build that runs real kernels (the CPU device) needs ONNX files and
+ * refuses the "sim" controller; its defaults; an ONNX file that is not one fails at set-up,
+ * naming the field. */
+static void test_real_device(void **state)
+{
+    struct fixture *fx = *state;
+    if (!have_device("cpu"))
+        skip();
+    static const struct bad_case cases[] = {
+        {TOP("'device':'cpu',", TENANT("a", "")), PARSE, ETF_EFORMAT,
+         "t.json: tenants[0].models[0]: missing key \"onnx\": device \"cpu\" runs the kernels "
+         "of an ONNX file (a profile only gives their times and powers)"},
+        {TOP("'device':'cpu',", "{'name':'a','models':[{" LOAD2 "}]}"), PARSE, ETF_EFORMAT,
+         "tenants[0].models[0]: missing key \"onnx\": device \"cpu\" runs the kernels of an "
+         "ONNX file"},
+        {TOP("'device':'cpu','freq':'sim',", "{'name':'a','models':[{'onnx':'x.onnx'," LOAD2 "}]}"),
+         PARSE, ETF_EINVAL,
+         "t.json: freq: the \"sim\" controller only drives the simulated device, not device "
+         "\"cpu\" (use \"none\", the default, or a controller of the device)"},
+        {TOP("'device':'cpu',", "{'name':'a','models':[{'onnx':'x.onnx'," LOAD2 "}]}"), PARSE,
+         ETF_ENOENT, "tenants[0].models[0].onnx: cannot open "},
+        {TOP("'device':'cpu',", "{'name':'a','models':[{'onnx':'x.onnx','batch':5000," LOAD2 "}]}"),
+         PARSE, ETF_EINVAL, "tenants[0].models[0].batch: expected an integer 1..4096, found 5000"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct etf_scenario *sc = (struct etf_scenario *)1;
+        struct etf_diag diag = {{0}};
+        int rc = parse_q(cases[i].doc, fx->dir, 0, &sc, &diag);
+        if (rc == 0)
+            etf_scenario_free(sc);
+        if (rc != cases[i].err || !strstr(diag.msg, cases[i].msg))
+            fail_msg("case %zu: expected %d with \"%s\", got %d: %s", i, cases[i].err, cases[i].msg,
+                     rc, diag.msg);
+    }
+
+    /* A file that exists passes the parser, which does not read it; set-up does. */
+    struct etf_scenario *sc = NULL;
+    struct etf_diag diag = {{0}};
+    const char *doc =
+        TOP("'device':'cpu','threads':3,",
+            "{'name':'a','models':[{'onnx':'bad_profile.json','batch':2," LOAD2 "}]}");
+    int rc = parse_q(doc, fx->dir, 0, &sc, &diag);
+    if (rc)
+        fail_msg("%s", diag.msg);
+    assert_string_equal(sc->freq, "none");
+    assert_int_equal(sc->threads, 3);
+    assert_string_equal(sc->tenants[0].models[0].onnx_path, fx->bad_profile);
+    assert_int_equal(sc->tenants[0].models[0].batch, 2);
+    assert_int_equal(sc->tenants[0].models[0].freq_hz, 0);
+    struct etf_sim *sim = (struct etf_sim *)1;
+    rc = etf_sim_create(sc, &sim, &diag);
+    assert_null(sim);
+    assert_int_equal(rc, ETF_EFORMAT);
+    assert_non_null(strstr(diag.msg, "tenants[0].models[0].onnx: "));
+    assert_non_null(strstr(diag.msg, "bad_profile.json"));
+    etf_scenario_free(sc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -393,6 +517,8 @@ int main(void)
         cmocka_unit_test(test_no_profiles),
         cmocka_unit_test(test_load_relative_paths),
         cmocka_unit_test(test_too_large),
+        cmocka_unit_test(test_default_frequency),
+        cmocka_unit_test(test_real_device),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

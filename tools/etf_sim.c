@@ -1,5 +1,6 @@
-/* etf-sim: runs a scenario through the ETF scheduler on the simulated device and reports
- * the time and energy each tenant got.
+/* etf-sim: runs a scenario through the ETF scheduler on the simulated device (or, when the
+ * scenario names a real device, on that device in real time) and reports the time and
+ * energy each tenant got.
  *
  * Exit status: 0 on success, 2 on bad arguments or bad input (the scenario, its profiles,
  * its backends, an output file that cannot be opened), 1 when the run itself fails.
@@ -22,12 +23,15 @@ static void usage(FILE *f)
             "               [--quiet]\n"
             "\n"
             "Runs SCENARIO.json through the ETF scheduler on the simulated device and prints a\n"
-            "summary of each tenant's time, energy and latency.\n"
+            "summary of each tenant's time, energy and latency. A scenario whose \"device\" is\n"
+            "not \"sim\" (e.g. \"cpu\") runs its models' ONNX files on that device in real time\n"
+            "for duration_s; such runs are not reproducible.\n"
             "\n"
             "  --report FILE  write the JSON report to FILE (- for standard output)\n"
             "  --tasks FILE   write every completed task to FILE as CSV (tasks.csv format)\n"
             "  --timing       put the host time per dispatch in the report (makes it differ\n"
-            "                 from run to run; without it the report is reproducible)\n"
+            "                 from run to run; without it a simulated run's report is\n"
+            "                 reproducible)\n"
             "  --quiet        do not print the summary\n"
             "  --help         show this help\n");
 }

@@ -11,7 +11,22 @@
  *                             "load": {"closed": 2}}]}]}
  *
  * `load` is {"closed": N} (N requests always outstanding) or {"poisson_rps": R} (seeded
- * Poisson arrivals). Profile paths are relative to the scenario file.
+ * Poisson arrivals). Profile paths are relative to the scenario file. `frequency_hz` may be
+ * left out: the model then runs at the controller's current frequency if its profile covers
+ * it, else at the profile's highest.
+ *
+ * Real time. With a device other than "sim" ("cpu": oneDNN on the host) the same event loop
+ * runs the models' real kernels on host time: a model names its ONNX file,
+ *
+ *   {"onnx": "../models/resnet18/model.onnx", "batch": 1, "load": {"closed": 2}}
+ *
+ * (relative to the scenario file; "batch" 1..4096, default the model's; a "profile" may be
+ * added for its power figures, without one no energy is charged), the top level may give
+ * "threads" (the device's worker threads, 1..1024; default the backend's), and "freq"
+ * defaults to "none". The clock is the host's, counted from the start of the run, and the
+ * loop sleeps while nothing is due. Such a run is NOT reproducible: times, task counts and
+ * shares depend on the host, its load and its threads; only the deterministic mode
+ * ("device": "sim") reproduces byte for byte.
  *
  * Use: etf_scenario_load, etf_sim_create (opens the backends, creates the scheduler, loads
  * the models: errors here are errors of the input), etf_sim_run (errors here are failures
@@ -39,10 +54,13 @@ extern "C" {
 #define ETF_SCENARIO_MAX_DURATION_S 1e7
 /* Longest tenant or backend name, in bytes. */
 #define ETF_SCENARIO_NAME_MAX 63
+#define ETF_SCENARIO_MAX_BATCH 4096u
+#define ETF_SCENARIO_MAX_THREADS 1024
 
 /* etf_scenario_parse/load flags. */
-/* Do not read the profile files: check the scenario's own fields only (fuzzing, syntax
- * checks). A scenario parsed so cannot be run (etf_sim_create fails with ETF_EINVAL). */
+/* Do not read the profile files nor look for the ONNX files: check the scenario's own
+ * fields only (fuzzing, syntax checks). A scenario parsed so cannot be run when a model needs
+ * its profile (etf_sim_create fails with ETF_EINVAL). */
 #define ETF_SCENARIO_NO_PROFILES (1u << 0)
 
 enum etf_sim_load_kind {
@@ -51,16 +69,19 @@ enum etf_sim_load_kind {
 };
 
 struct etf_scenario_model {
-    char *profile_path; /* as written in the scenario */
+    char *profile_path; /* as written in the scenario; NULL when not given */
     size_t profile;     /* index into etf_scenario.profiles; SIZE_MAX when not read */
-    uint64_t freq_hz;   /* > 0 */
+    char *onnx_path;    /* the ONNX file, resolved against the scenario's directory; NULL
+                         * when not given */
+    size_t batch;       /* 1..4096; 0 = the model's own */
+    uint64_t freq_hz;   /* 0 = the controller's current or the profile's highest */
     enum etf_sim_load_kind load;
     uint32_t closed;    /* ETF_SIM_LOAD_CLOSED: requests outstanding, 1..100000 */
     double poisson_rps; /* ETF_SIM_LOAD_POISSON: mean arrivals per second, (0, 1e6] */
 };
 
 struct etf_scenario_prio_change {
-    uint64_t at_ns; /* virtual time from the start of the run */
+    uint64_t at_ns; /* time from the start of the run */
     int priority;   /* nice level */
 };
 
@@ -87,9 +108,11 @@ struct etf_scenario {
     double duration_s;
     uint64_t duration_ns;
     uint64_t seed;
-    char device[ETF_SCENARIO_NAME_MAX + 1]; /* backend names; defaults sim, sim, model */
+    /* Backend names; defaults sim, sim (none with another device), model. */
+    char device[ETF_SCENARIO_NAME_MAX + 1];
     char freq[ETF_SCENARIO_NAME_MAX + 1];
     char meter[ETF_SCENARIO_NAME_MAX + 1];
+    int threads; /* the device's worker threads, 1..1024; 0 = the backend's default */
     size_t n_tenants;
     struct etf_scenario_tenant *tenants;
     size_t n_profiles;
@@ -97,11 +120,15 @@ struct etf_scenario {
 };
 
 /* Parses and validates a scenario held in memory (len bytes, no NUL needed). Relative
- * profile paths are resolved against base_dir (NULL = the current directory); `origin`
- * prefixes messages (NULL = "scenario"). Unless ETF_SCENARIO_NO_PROFILES, every profile is
- * read and checked with the profile loader. Errors: ETF_EFORMAT (not JSON, wrong type,
- * unknown key), ETF_EINVAL (value out of range), ETF_ENOMEM, and the loader's errors for a
- * profile; diag names the field ("tenants[0].models[0].load.closed: ..."). */
+ * profile and ONNX paths are resolved against base_dir (NULL = the current directory);
+ * `origin` prefixes messages (NULL = "scenario"). Unless ETF_SCENARIO_NO_PROFILES, every
+ * profile is read and checked with the profile loader, and every ONNX file must be readable
+ * (it is parsed by etf_sim_create). A model of the "sim" device needs a profile; a model of
+ * another device this build has needs an ONNX file, and such a device refuses the "sim"
+ * frequency controller. Errors: ETF_EFORMAT (not JSON, wrong type, unknown key, missing
+ * key), ETF_EINVAL (value out of range, a combination that cannot run), ETF_ENOMEM, ETF_ENOENT
+ * or ETF_EIO (an ONNX file), and the loader's errors for a profile; diag names the field
+ * ("tenants[0].models[0].load.closed: ..."). */
 int etf_scenario_parse(const char *json, size_t len, const char *origin, const char *base_dir,
                        unsigned flags, struct etf_scenario **out, struct etf_diag *diag);
 
@@ -118,7 +145,7 @@ struct etf_sim;
 
 /* A completed task and where it came from. */
 struct etf_sim_task {
-    struct etf_task_record rec; /* times on the virtual clock, which starts at 0 */
+    struct etf_task_record rec; /* times on the run's clock, which starts at 0 */
     size_t tenant;              /* index into etf_scenario.tenants */
     size_t model;               /* index into that tenant's models */
 };
@@ -133,17 +160,19 @@ struct etf_sim_tenant_result {
     uint64_t tasks;                  /* tasks completed */
     uint64_t time_ns, energy_nj;     /* charged, including tasks still running at the end */
     double time_share, energy_share; /* of everything charged */
-    double slice_ns;                 /* from the latest allocation */
-    double alloc_share;              /* slice_ns / sum of all tenants' slice_ns */
+    double slice_ns;    /* from the latest allocation (in real time: the one in force as the
+                         * last turn began) */
+    double alloc_share; /* slice_ns / sum of all tenants' slice_ns */
     uint64_t latency_p50_ns, latency_p99_ns; /* end - submit, nearest rank; 0 if none */
 };
 
 struct etf_sim_result {
-    uint64_t duration_ns; /* virtual time covered: the duration, or a little more when the
-                           * last turn ran past it */
+    uint64_t duration_ns; /* time covered (virtual, or host time in real-time mode): the
+                           * duration, or a little more when the last turn ran past it */
     uint64_t dispatches;
     uint64_t freq_switches;
-    uint64_t host_ns;             /* host time spent in etf_sched_step */
+    uint64_t host_ns; /* host time spent in etf_sched_step (in real time, less the device
+                       * time charged: the scheduler's own) */
     double sched_ns_per_dispatch; /* host_ns / dispatches; not reproducible */
     double jain_time, jain_energy;
     size_t n_tenants;
@@ -152,13 +181,16 @@ struct etf_sim_result {
     struct etf_sim_task *tasks;
 };
 
-/* Opens the scenario's device (with a virtual clock), frequency controller and meter,
- * creates the scheduler and the entities, and loads every model. `sc` is borrowed: it must
- * outlive the simulation. Errors: those of the backends, of etf_model_load (a frequency
- * the profile lacks: ETF_EINVAL), with diag naming the field. */
+/* Opens the scenario's device (the "sim" device with a virtual clock; any other runs in
+ * real time on the host's clock), frequency controller and meter, creates the scheduler and
+ * the entities, opens every distinct ONNX file (and batch) once, and loads every model.
+ * `sc` is borrowed: it must outlive the simulation. Errors: those of the backends, of
+ * etf_model_open (the file's field named) and of etf_model_load (a frequency the profile
+ * lacks: ETF_EINVAL), with diag naming the field. */
 int etf_sim_create(const struct etf_scenario *sc, struct etf_sim **out, struct etf_diag *diag);
 
-/* Runs the scenario to its end, once. Errors: a device or controller failure (the run
+/* Runs the scenario to its end, once: on the virtual clock as fast as the host goes, or in
+ * real time for duration_s of host time. Errors: a device or controller failure (the run
  * stops), ETF_ENOMEM, ETF_EBUSY when the simulation has already run. */
 int etf_sim_run(struct etf_sim *sim, struct etf_diag *diag);
 

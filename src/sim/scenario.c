@@ -13,6 +13,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* Largest integer a JSON number (a double) holds exactly. */
 #define EXACT_INT_MAX 9007199254740991.0
@@ -20,12 +21,20 @@
 /* Long enough for the deepest field path: "tenants[99999].priority_changes[N].priority". */
 #define PATH_MAX_LEN 160
 
+/* What the scenario's device runs, which decides what a model must give. */
+enum device_kind {
+    DEVICE_SIM,     /* profiled times on a virtual clock: a profile */
+    DEVICE_REAL,    /* a device of this build that runs real kernels: an ONNX file */
+    DEVICE_UNKNOWN, /* not in this build: etf_sim_create reports it when opening it */
+};
+
 struct parser {
     const char *origin;
     const char *base_dir;
     unsigned flags;
     struct etf_diag *diag;
     struct etf_scenario *sc;
+    enum device_kind device;
     /* Distinct profile files, by resolved path: an open-addressing table of indices into
      * sc->profiles, so that 100000 tenants sharing a file read it once. */
     size_t *slots;
@@ -319,20 +328,24 @@ static uint64_t hash_str(const char *s)
     return h;
 }
 
+/* A file named in the scenario, relative to its directory; NULL when out of memory. */
+static char *resolve(const struct parser *p, const char *written)
+{
+    if (written[0] == '/' || !p->base_dir)
+        return strdup(written);
+    size_t n = strlen(p->base_dir) + strlen(written) + 2;
+    char *path = malloc(n);
+    if (path)
+        snprintf(path, n, "%s/%s", p->base_dir, written);
+    return path;
+}
+
 /* Finds or reads (and checks with the profile loader) the profile at `written`, relative to
  * the scenario's directory; sets *index into sc->profiles. */
 static int intern_profile(struct parser *p, const char *field, const char *written, size_t *index)
 {
     struct etf_scenario *sc = p->sc;
-    char *path;
-    if (written[0] == '/' || !p->base_dir) {
-        path = strdup(written);
-    } else {
-        size_t n = strlen(p->base_dir) + strlen(written) + 2;
-        path = malloc(n);
-        if (path)
-            snprintf(path, n, "%s/%s", p->base_dir, written);
-    }
+    char *path = resolve(p, written);
     if (!path)
         return fail(p, ETF_ENOMEM, field, "out of memory");
 
@@ -399,14 +412,46 @@ static int intern_profile(struct parser *p, const char *field, const char *writt
     return 0;
 }
 
+/* An ONNX file must at least be there: parsing it (seconds for a large model) waits for
+ * etf_sim_create, which says what is wrong inside it. */
+static int check_onnx_file(struct parser *p, const char *field, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return fail(p, errno == ENOENT ? ETF_ENOENT : ETF_EIO, field, "cannot open %s: %s", path,
+                    strerror(errno));
+    struct stat st;
+    bool regular = fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode);
+    fclose(f);
+    if (!regular)
+        return fail(p, ETF_EIO, field, "%s is not a regular file", path);
+    return 0;
+}
+
 /* ---- The document ---- */
 
+/* A file name: a non-empty string; NULL in *out when absent. */
+static int get_file(struct parser *p, const cJSON *obj, const char *path, const char *key,
+                    const cJSON **out)
+{
+    char field[PATH_MAX_LEN], found[64];
+    const cJSON *v = member(obj, key);
+    *out = v;
+    if (!v || (cJSON_IsString(v) && v->valuestring[0] != '\0'))
+        return 0;
+    child_path(field, path, key);
+    describe(v, found, sizeof found);
+    return fail(p, ETF_EFORMAT, field, "expected a file name, found %s", found);
+}
+
+/* Optional: 0 when absent (the controller's current frequency, or the profile's highest). */
 static int parse_freq(struct parser *p, const cJSON *obj, const char *path, uint64_t *out)
 {
     char field[PATH_MAX_LEN], found[64];
     const cJSON *v = member(obj, "frequency_hz");
+    *out = 0;
     if (!v)
-        return missing(p, path, "frequency_hz");
+        return 0;
     child_path(field, path, "frequency_hz");
     if (cJSON_IsNumber(v)) {
         double d = v->valuedouble;
@@ -466,37 +511,74 @@ static int parse_load(struct parser *p, const cJSON *obj, const char *path,
                    &m->poisson_rps);
 }
 
+/* What the device needs of a model: the simulated device runs a profile's times, a real one
+ * runs the kernels of an ONNX file (a profile then only adds power figures). */
+static int check_model_needs(struct parser *p, const char *path, bool profile, bool onnx)
+{
+    switch (p->device) {
+    case DEVICE_SIM:
+        if (!profile)
+            return fail(p, ETF_EFORMAT, path,
+                        "missing key \"profile\": the \"sim\" device runs the kernel times of a "
+                        "profile%s",
+                        onnx ? " (it does not run ONNX files)" : "");
+        break;
+    case DEVICE_REAL:
+        if (!onnx)
+            return fail(p, ETF_EFORMAT, path,
+                        "missing key \"onnx\": device \"%s\" runs the kernels of an ONNX file%s",
+                        p->sc->device,
+                        profile ? " (a profile only gives their times and powers)" : "");
+        break;
+    case DEVICE_UNKNOWN:
+        if (!profile && !onnx)
+            return fail(p, ETF_EFORMAT, path, "missing key \"profile\" or \"onnx\"");
+        break;
+    }
+    return 0;
+}
+
 static int parse_model(struct parser *p, const cJSON *v, const char *path,
                        struct etf_scenario_model *m)
 {
-    static const char *const keys[] = {"profile", "frequency_hz", "load", NULL};
-    char field[PATH_MAX_LEN], found[64];
+    static const char *const keys[] = {"profile", "onnx", "batch", "frequency_hz", "load", NULL};
+    char prof_field[PATH_MAX_LEN], onnx_field[PATH_MAX_LEN], found[64];
     m->profile = SIZE_MAX;
     if (!cJSON_IsObject(v)) {
         describe(v, found, sizeof found);
         return fail(p, ETF_EFORMAT, path, "expected an object, found %s", found);
     }
     int err = check_keys(p, v, path, keys);
-    if (err)
+    const cJSON *prof, *onnx;
+    int64_t batch;
+    if (err || (err = get_file(p, v, path, "profile", &prof)) ||
+        (err = get_file(p, v, path, "onnx", &onnx)) ||
+        (err = get_int(p, v, path, "batch", false, 1, ETF_SCENARIO_MAX_BATCH, 0, &batch)))
         return err;
-
-    const cJSON *prof = member(v, "profile");
-    if (!prof)
-        return missing(p, path, "profile");
-    child_path(field, path, "profile");
-    if (!cJSON_IsString(prof) || prof->valuestring[0] == '\0') {
-        describe(prof, found, sizeof found);
-        return fail(p, ETF_EFORMAT, field, "expected a file name, found %s", found);
+    child_path(prof_field, path, "profile");
+    child_path(onnx_field, path, "onnx");
+    if (batch && !onnx) {
+        char field[PATH_MAX_LEN];
+        child_path(field, path, "batch");
+        return fail(p, ETF_EINVAL, field, "a batch size needs an ONNX file (key \"onnx\")");
     }
-    m->profile_path = strdup(prof->valuestring);
-    if (!m->profile_path)
-        return fail(p, ETF_ENOMEM, field, "out of memory");
+    m->batch = (size_t)batch;
+    if ((err = check_model_needs(p, path, prof != NULL, onnx != NULL)))
+        return err;
+    if (prof && !(m->profile_path = strdup(prof->valuestring)))
+        return fail(p, ETF_ENOMEM, prof_field, "out of memory");
+    if (onnx && !(m->onnx_path = resolve(p, onnx->valuestring)))
+        return fail(p, ETF_ENOMEM, onnx_field, "out of memory");
 
     if ((err = parse_freq(p, v, path, &m->freq_hz)) || (err = parse_load(p, v, path, m)))
         return err;
-    /* The file last: the scenario's own mistakes are reported before a missing file. */
-    if (!(p->flags & ETF_SCENARIO_NO_PROFILES))
-        return intern_profile(p, field, m->profile_path, &m->profile);
+    /* The files last: the scenario's own mistakes are reported before a missing file. */
+    if (p->flags & ETF_SCENARIO_NO_PROFILES)
+        return 0;
+    if (prof && (err = intern_profile(p, prof_field, m->profile_path, &m->profile)))
+        return err;
+    if (onnx)
+        return check_onnx_file(p, onnx_field, m->onnx_path);
     return 0;
 }
 
@@ -645,10 +727,20 @@ static int check_unique_names(struct parser *p)
     return err;
 }
 
+static enum device_kind device_kind(const char *name)
+{
+    if (strcmp(name, "sim") == 0)
+        return DEVICE_SIM;
+    for (const char *const *n = etf_device_names(); *n; n++)
+        if (strcmp(*n, name) == 0)
+            return DEVICE_REAL;
+    return DEVICE_UNKNOWN;
+}
+
 static int parse_root(struct parser *p, const cJSON *root)
 {
-    static const char *const keys[] = {"quantum_us", "phi",   "duration_s", "seed", "device",
-                                       "freq",       "meter", "tenants",    NULL};
+    static const char *const keys[] = {"quantum_us", "phi",   "duration_s", "seed",    "device",
+                                       "freq",       "meter", "threads",    "tenants", NULL};
     struct etf_scenario *sc = p->sc;
     char found[64];
     if (!cJSON_IsObject(root)) {
@@ -656,7 +748,7 @@ static int parse_root(struct parser *p, const cJSON *root)
         return fail(p, ETF_EFORMAT, "", "expected an object at the top level, found %s", found);
     }
     int err = check_keys(p, root, "", keys);
-    int64_t quantum, seed;
+    int64_t quantum, seed, threads;
     if (err ||
         (err = get_int(p, root, "", "quantum_us", true, 1, ETF_SCENARIO_MAX_QUANTUM_US, 0,
                        &quantum)) ||
@@ -664,12 +756,24 @@ static int parse_root(struct parser *p, const cJSON *root)
         (err = get_num(p, root, "", "duration_s", true, 0, true, ETF_SCENARIO_MAX_DURATION_S, 0,
                        &sc->duration_s)) ||
         (err = get_int(p, root, "", "seed", false, 0, (int64_t)EXACT_INT_MAX, 1, &seed)) ||
-        (err = get_name(p, root, "", "device", false, "sim", sc->device)) ||
-        (err = get_name(p, root, "", "freq", false, "sim", sc->freq)) ||
-        (err = get_name(p, root, "", "meter", false, "model", sc->meter)))
+        (err = get_name(p, root, "", "device", false, "sim", sc->device)))
         return err;
+    /* The "sim" controller pretends to switch the simulated device's clock; any other device
+     * keeps its own unless a real controller is named. */
+    p->device = device_kind(sc->device);
+    bool sim = p->device == DEVICE_SIM;
+    if ((err = get_name(p, root, "", "freq", false, sim ? "sim" : "none", sc->freq)) ||
+        (err = get_name(p, root, "", "meter", false, "model", sc->meter)) ||
+        (err = get_int(p, root, "", "threads", false, 1, ETF_SCENARIO_MAX_THREADS, 0, &threads)))
+        return err;
+    if (!sim && strcmp(sc->freq, "sim") == 0)
+        return fail(p, ETF_EINVAL, "freq",
+                    "the \"sim\" controller only drives the simulated device, not device \"%s\" "
+                    "(use \"none\", the default, or a controller of the device)",
+                    sc->device);
     sc->quantum_us = (uint64_t)quantum;
     sc->seed = (uint64_t)seed;
+    sc->threads = (int)threads;
     sc->duration_ns = seconds_to_ns(sc->duration_s);
     if (sc->duration_ns == 0)
         return fail(p, ETF_EINVAL, "duration_s", "expected at least 1 ns, found %.17g",
@@ -795,8 +899,10 @@ void etf_scenario_free(struct etf_scenario *sc)
         return;
     for (size_t i = 0; i < sc->n_tenants; i++) {
         struct etf_scenario_tenant *t = &sc->tenants[i];
-        for (size_t j = 0; j < t->n_models; j++)
+        for (size_t j = 0; j < t->n_models; j++) {
             free(t->models[j].profile_path);
+            free(t->models[j].onnx_path);
+        }
         free(t->models);
         free(t->prio_changes);
     }

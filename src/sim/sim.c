@@ -9,14 +9,21 @@
  * the clock to the next event. Pending events sit in a binary heap: one per Poisson model,
  * one per closed-loop start, one per priority change, so 10,000 tenants cost log(n) an
  * event rather than n a turn.
+ *
+ * With a real device (any but "sim") the same loop runs in real time: the kernels of the
+ * models' ONNX plans run on the device, the scheduler's clock is the host's counted from the
+ * start of the run, and an idle loop sleeps until the next event instead of jumping to it.
  */
+#include "etf/model.h"
 #include "etf/sim.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Queue room beyond the closed-loop requests, for Poisson arrivals waiting their turn.
  * Past it arrivals are counted as rejected: an overloaded open loop grows without bound. */
@@ -41,15 +48,33 @@ struct sim_model {
     const struct etf_scenario_model *spec;
     uint64_t mid;
     uint64_t rng[4]; /* xoshiro256**: Poisson arrivals */
+    /* Real time: the tensors of every task of this model, inputs then outputs. The model's
+     * tasks run one after the other, so they can all share one set. */
+    float **tensors;
+    size_t n_tensors;
+    struct etf_task_io io;
+};
+
+/* An ONNX file opened once for every model that names it with the same batch size. */
+struct sim_plan {
+    const char *path; /* the scenario's */
+    size_t batch;
+    struct etf_plan *plan;
 };
 
 struct sim_tenant {
     uint64_t eid;
     uint64_t submitted, rejected;
+    double slice_ns; /* real time: the slice as the latest turn began (see etf_sim_run) */
 };
 
 struct etf_sim {
     const struct etf_scenario *sc;
+    /* Real time (a device other than "sim"): the clock is the host's less t0_ns, the host
+     * time the run started (0 until then, so that set-up happens at time 0 as on the
+     * virtual clock). */
+    bool realtime;
+    uint64_t t0_ns;
     struct etf_vclock vc;
     struct etf_clock clock;
     struct etf_device *dev;
@@ -60,6 +85,9 @@ struct etf_sim {
     size_t n_models;
     struct sim_model *models;
     struct sim_tenant *tenants;
+    /* Borrowed by the scheduler's models: freed only after the scheduler is destroyed. */
+    size_t n_plans;
+    struct sim_plan *plans;
 
     struct event *heap;
     size_t n_events, cap_events;
@@ -121,6 +149,28 @@ static void rng_seed(uint64_t s[4], uint64_t seed, uint64_t stream)
 static double rng_unit(uint64_t s[4])
 {
     return (double)((xoshiro_next(s) >> 11) + 1) * 0x1.0p-53;
+}
+
+/* ---- Clocks ---- */
+
+static uint64_t realtime_now(void *ctx)
+{
+    const struct etf_sim *sim = ctx;
+    return sim->t0_ns ? etf_host_ns() - sim->t0_ns : 0;
+}
+
+static uint64_t sim_now(const struct etf_sim *sim)
+{
+    return sim->clock.now(sim->clock.ctx);
+}
+
+/* Sleeps for ns of host time (signals do not cut it short). */
+static void sleep_ns(uint64_t ns)
+{
+    struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u),
+                          .tv_nsec = (long)(ns % 1000000000u)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
 }
 
 /* ---- Event heap ---- */
@@ -188,7 +238,8 @@ static int submit(struct etf_sim *sim, size_t mi, uint64_t at_ns, struct etf_dia
 {
     struct sim_model *m = &sim->models[mi];
     struct sim_tenant *t = &sim->tenants[m->tenant];
-    struct etf_request req = {.mid = m->mid, .submit_ns = at_ns, .user = m};
+    struct etf_request req = {
+        .mid = m->mid, .io = m->tensors ? &m->io : NULL, .submit_ns = at_ns, .user = m};
     struct etf_diag d;
     int err = etf_submit(sim->sched, &req, NULL, &d);
     if (err == ETF_ELIMIT) {
@@ -264,6 +315,118 @@ static int inject(struct etf_sim *sim, uint64_t now, struct etf_diag *diag)
 
 /* ---- Set-up ---- */
 
+/* The plan of the ONNX file and batch of `spec`, opened on first use. */
+static int open_plan(struct etf_sim *sim, const struct etf_scenario_model *spec, size_t ti,
+                     size_t j, const struct etf_plan **out, struct etf_diag *diag)
+{
+    for (size_t i = 0; i < sim->n_plans; i++) {
+        const struct sim_plan *sp = &sim->plans[i];
+        if (sp->batch == spec->batch && strcmp(sp->path, spec->onnx_path) == 0) {
+            *out = sp->plan;
+            return 0;
+        }
+    }
+    struct etf_model_options opts = {.batch = spec->batch};
+    struct etf_plan *plan;
+    struct etf_diag d;
+    int err = etf_model_open(spec->onnx_path, &opts, &plan, &d);
+    if (err)
+        return etf_diagf(diag, err, "tenants[%zu].models[%zu].onnx: %s", ti, j, d.msg);
+    /* sim->plans has room for one per model. */
+    sim->plans[sim->n_plans++] =
+        (struct sim_plan){.path = spec->onnx_path, .batch = spec->batch, .plan = plan};
+    *out = plan;
+    return 0;
+}
+
+/* The tensors of model m's tasks: inputs filled with a fixed pseudo-random pattern in
+ * [-1, 1) (the same for every run and model, so that no input takes a faster path than
+ * another), outputs zeroed. */
+static int make_tensors(struct sim_model *m, const struct etf_plan *plan, struct etf_diag *diag)
+{
+    size_t n_in = etf_plan_input_count(plan), n_out = etf_plan_output_count(plan);
+    m->tensors = calloc(n_in + n_out, sizeof *m->tensors);
+    if (!m->tensors)
+        return etf_diagf(diag, ETF_ENOMEM, "tenants[%zu].models[%zu]: out of memory", m->tenant,
+                         m->model);
+    m->n_tensors = n_in + n_out;
+    for (size_t i = 0; i < n_in + n_out; i++) {
+        struct etf_tensor_info info;
+        int err =
+            i < n_in ? etf_plan_input(plan, i, &info) : etf_plan_output(plan, i - n_in, &info);
+        if (err)
+            return etf_diagf(diag, err, "tenants[%zu].models[%zu]: tensor %zu of the plan: %s",
+                             m->tenant, m->model, i, etf_strerror(err));
+        if (!(m->tensors[i] = calloc(info.elems ? info.elems : 1, sizeof(float))))
+            return etf_diagf(diag, ETF_ENOMEM,
+                             "tenants[%zu].models[%zu]: out of memory for tensor '%s'", m->tenant,
+                             m->model, info.name);
+        uint64_t x = 0x2545f4914f6cdd1du + i;
+        if (i < n_in)
+            for (size_t k = 0; k < info.elems; k++)
+                m->tensors[i][k] = (float)((double)(splitmix64(&x) >> 11) * 0x1.0p-52 - 1.0);
+    }
+    m->io.inputs = (const float *const *)m->tensors;
+    m->io.outputs = m->tensors + n_in;
+    return 0;
+}
+
+/* The model's copy of its profile (the scheduler owns and frees it), or NULL when it has
+ * none. Parsing the bytes read at load time keeps the run off the file system. */
+static int model_profile(const struct etf_sim *sim, const struct etf_scenario_model *spec,
+                         size_t ti, size_t j, struct etf_profile **out, struct etf_diag *diag)
+{
+    const struct etf_scenario *sc = sim->sc;
+    *out = NULL;
+    if (!spec->profile_path) {
+        if (sim->realtime)
+            return 0;
+        return etf_diagf(diag, ETF_EINVAL,
+                         "tenants[%zu].models[%zu]: missing key \"profile\": the \"sim\" device "
+                         "runs the kernel times of a profile",
+                         ti, j);
+    }
+    if (spec->profile >= sc->n_profiles)
+        return etf_diagf(diag, ETF_EINVAL,
+                         "tenants[%zu].models[%zu].profile: not read (the scenario was "
+                         "parsed without its profiles)",
+                         ti, j);
+    const struct etf_scenario_profile *sp = &sc->profiles[spec->profile];
+    struct etf_diag d;
+    int err = etf_profile_parse(sp->json, sp->len, sp->path, out, &d);
+    if (err)
+        return etf_diagf(diag, err, "tenants[%zu].models[%zu].profile: %s", ti, j, d.msg);
+    return 0;
+}
+
+/* A closed loop of a model that takes no virtual time would resubmit forever at the same
+ * instant. The frequency is the one the scheduler will pick (nothing has run yet, so its
+ * current one is the controller's), and the sum is rounded per kernel, as the sim device
+ * does. */
+static int check_takes_time(const struct etf_sim *sim, const struct etf_profile *prof,
+                            const struct etf_scenario_model *spec, size_t ti, size_t j,
+                            struct etf_diag *diag)
+{
+    uint64_t hz = spec->freq_hz, cur;
+    long fi = hz ? etf_profile_freq_index(prof, hz) : -1;
+    if (!hz) {
+        if (etf_freq_current(sim->freq, &cur) == 0 && cur)
+            fi = etf_profile_freq_index(prof, cur);
+        if (fi < 0)
+            fi = (long)prof->n_freqs - 1;
+        hz = prof->freqs_hz[fi];
+    }
+    uint64_t task_ns = 0;
+    for (size_t k = 0; fi >= 0 && k < prof->n_kernels; k++)
+        task_ns += (uint64_t)llround(prof->kernels[k].time_us[fi] * 1000.0);
+    if (fi >= 0 && task_ns == 0)
+        return etf_diagf(diag, ETF_EINVAL,
+                         "tenants[%zu].models[%zu]: the model takes less than 1 ns at "
+                         "%" PRIu64 " Hz, too little for the simulated clock to advance",
+                         ti, j, hz);
+    return 0;
+}
+
 static int load_models(struct etf_sim *sim, struct etf_diag *diag)
 {
     const struct etf_scenario *sc = sim->sc;
@@ -281,32 +444,28 @@ static int load_models(struct etf_sim *sim, struct etf_diag *diag)
             m->model = j;
             m->spec = spec;
             rng_seed(m->rng, sc->seed, mi);
-            if (spec->profile >= sc->n_profiles)
-                return etf_diagf(diag, ETF_EINVAL,
-                                 "tenants[%zu].models[%zu].profile: not read (the scenario was "
-                                 "parsed without its profiles)",
-                                 ti, j);
-            /* Each model gets its own copy: the scheduler owns and frees it. Parsing the
-             * bytes read at load time keeps the run off the file system. */
-            const struct etf_scenario_profile *sp = &sc->profiles[spec->profile];
-            struct etf_profile *prof;
-            err = etf_profile_parse(sp->json, sp->len, sp->path, &prof, &d);
-            if (err)
-                return etf_diagf(diag, err, "tenants[%zu].models[%zu].profile: %s", ti, j, d.msg);
-            /* A closed loop of a model that takes no virtual time would resubmit forever at
-             * the same instant. The sum is rounded per kernel, as the sim device does. */
-            long fi = etf_profile_freq_index(prof, spec->freq_hz);
-            uint64_t task_ns = 0;
-            for (size_t k = 0; fi >= 0 && k < prof->n_kernels; k++)
-                task_ns += (uint64_t)llround(prof->kernels[k].time_us[fi] * 1000.0);
-            if (fi >= 0 && task_ns == 0) {
-                etf_profile_free(prof);
-                return etf_diagf(diag, ETF_EINVAL,
-                                 "tenants[%zu].models[%zu]: the model takes less than 1 ns at "
-                                 "%" PRIu64 " Hz, too little for the simulated clock to advance",
-                                 ti, j, spec->freq_hz);
+            const struct etf_plan *plan = NULL;
+            if (sim->realtime) {
+                /* The parser demands the file for the devices it knows; this is the same
+                 * rule for any other. */
+                if (!spec->onnx_path)
+                    return etf_diagf(diag, ETF_EINVAL,
+                                     "tenants[%zu].models[%zu]: missing key \"onnx\": device "
+                                     "\"%s\" runs the kernels of an ONNX file",
+                                     ti, j, sc->device);
+                if ((err = open_plan(sim, spec, ti, j, &plan, diag)) ||
+                    (err = make_tensors(m, plan, diag)))
+                    return err;
             }
-            struct etf_model_spec ms = {.name = NULL, .profile = prof, .freq_hz = spec->freq_hz};
+            struct etf_profile *prof;
+            if ((err = model_profile(sim, spec, ti, j, &prof, diag)))
+                return err;
+            if (prof && !sim->realtime && (err = check_takes_time(sim, prof, spec, ti, j, diag))) {
+                etf_profile_free(prof);
+                return err;
+            }
+            struct etf_model_spec ms = {
+                .name = NULL, .profile = prof, .plan = plan, .freq_hz = spec->freq_hz};
             err = etf_model_load(sim->sched, sim->tenants[ti].eid, &ms, &m->mid, &d);
             if (err) {
                 etf_profile_free(prof);
@@ -347,7 +506,9 @@ int etf_sim_create(const struct etf_scenario *sc, struct etf_sim **out, struct e
     if (!sim)
         return etf_diagf(diag, ETF_ENOMEM, "simulation: out of memory");
     sim->sc = sc;
-    sim->clock = etf_vclock_as_clock(&sim->vc);
+    sim->realtime = strcmp(sc->device, "sim") != 0;
+    sim->clock = sim->realtime ? (struct etf_clock){.now = realtime_now, .ctx = sim}
+                               : etf_vclock_as_clock(&sim->vc);
 
     size_t n_changes = 0;
     uint64_t closed = 0;
@@ -362,14 +523,17 @@ int etf_sim_create(const struct etf_scenario *sc, struct etf_sim **out, struct e
     sim->models = calloc(sim->n_models ? sim->n_models : 1, sizeof *sim->models);
     sim->tenants = calloc(sc->n_tenants ? sc->n_tenants : 1, sizeof *sim->tenants);
     sim->heap = malloc((sim->cap_events ? sim->cap_events : 1) * sizeof *sim->heap);
+    sim->plans = calloc(sim->n_models ? sim->n_models : 1, sizeof *sim->plans);
     int err = 0;
     struct etf_diag d;
-    if (!sim->models || !sim->tenants || !sim->heap) {
+    if (!sim->models || !sim->tenants || !sim->heap || !sim->plans) {
         err = etf_diagf(diag, ETF_ENOMEM, "simulation: out of memory");
         goto fail;
     }
 
-    struct etf_device_config dcfg = {.vclock = &sim->vc};
+    /* A real device keeps its own time: only the simulated one is given the virtual clock. */
+    struct etf_device_config dcfg = {.vclock = sim->realtime ? NULL : &sim->vc,
+                                     .threads = sc->threads};
     if ((err = etf_device_open(sc->device, &dcfg, &sim->dev, &d))) {
         etf_diagf(diag, err, "device: %s", d.msg);
         goto fail;
@@ -464,9 +628,13 @@ static int compute_result(struct etf_sim *sim, uint64_t host_ns, struct etf_diag
 
     struct etf_sched_stats ss;
     etf_sched_stats(sim->sched, &ss);
-    r->duration_ns = sim->vc.now_ns;
+    r->duration_ns = sim_now(sim);
     r->dispatches = ss.dispatches;
     r->freq_switches = ss.freq_switches;
+    /* In real time the steps also ran the kernels: the scheduler's own cost is what is left
+     * of their host time once the device time charged is taken out. */
+    if (sim->realtime)
+        host_ns = host_ns > ss.busy_ns ? host_ns - ss.busy_ns : 0;
     r->host_ns = host_ns;
     r->sched_ns_per_dispatch = ss.dispatches ? (double)host_ns / (double)ss.dispatches : 0;
     r->n_tasks = sim->n_tasks;
@@ -489,10 +657,10 @@ static int compute_result(struct etf_sim *sim, uint64_t host_ns, struct etf_diag
         t->rejected = sim->tenants[i].rejected;
         t->time_ns = es.time_ns;
         t->energy_nj = es.energy_nj;
-        t->slice_ns = es.slice_ns;
+        t->slice_ns = sim->realtime ? sim->tenants[i].slice_ns : es.slice_ns;
         /* The slices of one allocation sum to Q, so slice / Q is the tenant's share of the
          * sum of the slices of the tenants runnable at its latest allocation. */
-        t->alloc_share = es.slice_ns / ((double)sc->quantum_us * 1000.0);
+        t->alloc_share = t->slice_ns / ((double)sc->quantum_us * 1000.0);
         total_time += es.time_ns;
         total_energy += es.energy_nj;
     }
@@ -531,6 +699,20 @@ static int compute_result(struct etf_sim *sim, uint64_t host_ns, struct etf_diag
 
 /* ---- The run ---- */
 
+/* Real time: the run's last turn starts before the end and finishes after it, and the
+ * tenants whose short tasks all end in it stop being runnable (their clients do not submit
+ * past the end), which leaves a final allocation among the others alone. The slices taken
+ * before each turn are the allocation the run ended under. A step lasts at least a kernel of
+ * real time, against which this loop over the tenants is small. */
+static void note_slices(struct etf_sim *sim)
+{
+    for (size_t i = 0; i < sim->sc->n_tenants; i++) {
+        struct etf_entity_stats es;
+        if (etf_entity_stats(sim->sched, sim->tenants[i].eid, &es) == 0)
+            sim->tenants[i].slice_ns = es.slice_ns;
+    }
+}
+
 int etf_sim_run(struct etf_sim *sim, struct etf_diag *diag)
 {
     if (!sim)
@@ -539,12 +721,16 @@ int etf_sim_run(struct etf_sim *sim, struct etf_diag *diag)
         return etf_diagf(diag, ETF_EBUSY, "run: this simulation has already run");
     sim->ran = true;
     sim->running = true;
+    if (sim->realtime)
+        sim->t0_ns = etf_host_ns();
     const uint64_t end = sim->sc->duration_ns;
     uint64_t host_ns = 0;
     int err = 0;
-    while (sim->vc.now_ns < end) {
-        if ((err = inject(sim, sim->vc.now_ns, diag)))
+    for (uint64_t now; (now = sim_now(sim)) < end;) {
+        if ((err = inject(sim, now, diag)))
             break;
+        if (sim->realtime)
+            note_slices(sim);
         bool ran;
         uint64_t t0 = etf_host_ns();
         int rc = etf_sched_step(sim->sched, &ran);
@@ -554,17 +740,24 @@ int etf_sim_run(struct etf_sim *sim, struct etf_diag *diag)
             break;
         }
         if (rc) {
-            err = etf_diagf(diag, rc, "run: a kernel failed at %.6f s of virtual time: %s",
-                            (double)sim->vc.now_ns / 1e9, etf_strerror(rc));
+            err = etf_diagf(diag, rc, "run: a kernel failed at %.6f s of %s time: %s",
+                            (double)sim_now(sim) / 1e9, sim->realtime ? "run" : "virtual",
+                            etf_strerror(rc));
             break;
         }
         if (!ran) {
-            /* Idle: jump to the next event, or to the end when none is due before it. */
-            if (sim->n_events == 0 || sim->heap[0].at_ns >= end) {
-                sim->vc.now_ns = end;
-                break;
+            /* Idle: wait for the next event, or for the end when none is due before it. On
+             * the virtual clock waiting is a jump; in real time, a sleep. */
+            uint64_t next = sim->n_events && sim->heap[0].at_ns < end ? sim->heap[0].at_ns : end;
+            if (sim->realtime) {
+                now = sim_now(sim);
+                if (next > now)
+                    sleep_ns(next - now);
+                continue;
             }
-            sim->vc.now_ns = sim->heap[0].at_ns;
+            sim->vc.now_ns = next;
+            if (next == end)
+                break;
         }
     }
     sim->running = false;
@@ -760,8 +953,9 @@ int etf_sim_print_summary(const struct etf_sim *sim, FILE *f, struct etf_diag *d
                 100 * t->alloc_share, (double)t->latency_p50_ns / 1e6,
                 (double)t->latency_p99_ns / 1e6);
     }
-    fprintf(f, "simulated %.3f s, %" PRIu64 " dispatches, %" PRIu64 " frequency switches\n",
-            (double)r->duration_ns / 1e9, r->dispatches, r->freq_switches);
+    fprintf(f, "%s %.3f s, %" PRIu64 " dispatches, %" PRIu64 " frequency switches\n",
+            sim->realtime ? "real time" : "simulated", (double)r->duration_ns / 1e9, r->dispatches,
+            r->freq_switches);
     fprintf(f, "Jain index: time %.4f, energy %.4f\n", r->jain_time, r->jain_energy);
     fprintf(f, "scheduler: %.1f ns per dispatch (host time)\n", r->sched_ns_per_dispatch);
     if (fflush(f) != 0 || ferror(f))
@@ -779,6 +973,14 @@ void etf_sim_destroy(struct etf_sim *sim)
     etf_meter_close(sim->meter);
     etf_freq_close(sim->freq);
     etf_device_close(sim->dev);
+    for (size_t i = 0; i < sim->n_plans; i++)
+        etf_plan_free(sim->plans[i].plan);
+    free(sim->plans);
+    for (size_t i = 0; sim->models && i < sim->n_models; i++) {
+        for (size_t k = 0; k < sim->models[i].n_tensors; k++)
+            free(sim->models[i].tensors[k]);
+        free(sim->models[i].tensors);
+    }
     free(sim->result.tenants);
     free(sim->tasks);
     free(sim->heap);
