@@ -5,12 +5,14 @@ output for each, from Debian's torch/torchvision (seeded random weights: no down
     scripts/export_models.py OUT_DIR [--only NAME[,NAME...]] [--list]
 
 For every model NAME it writes OUT_DIR/NAME/model.onnx, input.bin and output.bin (raw
-little-endian fp32, C order) and meta.json (shapes, opset, ops used). Random weights make
+little-endian fp32, C order), with --random-inputs K also input_0.bin/output_0.bin ...,
+and meta.json (shapes, opset, ops used, how far fp32 itself is from fp64 on this input). Random weights make
 BatchNorm's running statistics meaningless; they are calibrated on a random batch so that
 activations keep their scale through the depth of the network (otherwise the outputs of
 deep nets collapse towards 0 and a comparison proves nothing).
 """
 import argparse
+import copy
 import json
 import os
 import sys
@@ -82,18 +84,24 @@ def calibrate_batchnorm(model, shape):
     if not bns:
         return
     for bn in bns:
+        # random affine parameters first, so that folding them is really tested; the
+        # statistics are then measured on the network as it will be exported
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.2, 0.2)
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over the calibration batches
-    model.train()
+    # Only the BatchNorm layers in training mode: stochastic depth and dropout must stay
+    # off, or the statistics describe a network other than the one that is exported.
+    model.eval()
+    for bn in bns:
+        bn.train()
     with torch.no_grad():
         for _ in range(4):
             model(torch.randn((8,) + tuple(shape[1:])))
-    for bn in bns:  # random affine parameters, so that folding them is really tested
-        bn.weight.data.uniform_(0.5, 1.5)
-        bn.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
 
 
-def export(name, out_dir):
+def export(name, out_dir, extra_inputs=0):
     import onnx
 
     make, shape = MODELS[name]
@@ -104,19 +112,35 @@ def export(name, out_dir):
     x = torch.randn(shape)
     with torch.no_grad():
         y = model(x)
+        # How far float32 itself is from the exact result: a bound on what any fp32
+        # implementation can be asked to match.
+        y64 = copy.deepcopy(model).double()(x.double())
+    fp32_noise = float((y.double() - y64).abs().max() / y64.abs().max())
     d = os.path.join(out_dir, name)
     os.makedirs(d, exist_ok=True)
     path = os.path.join(d, "model.onnx")
+    # A symbolic batch dimension, so that a model can be loaded at any batch size.
     torch.onnx.export(model, x, path, opset_version=OPSET, input_names=["input"],
-                      output_names=["output"], do_constant_folding=True)
+                      output_names=["output"], do_constant_folding=True,
+                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     x.numpy().astype("<f4").tofile(os.path.join(d, "input.bin"))
     y.numpy().astype("<f4").tofile(os.path.join(d, "output.bin"))
+    # Fresh random inputs and PyTorch's outputs for them, so that a check does not rest on
+    # the one fixed input.
+    for k in range(extra_inputs):
+        xk = torch.randn(shape)
+        with torch.no_grad():
+            yk = model(xk)
+        xk.numpy().astype("<f4").tofile(os.path.join(d, f"input_{k}.bin"))
+        yk.numpy().astype("<f4").tofile(os.path.join(d, f"output_{k}.bin"))
     ops = sorted({n.op_type for n in onnx.load(path).graph.node})
     meta = {"name": name, "opset": OPSET, "input_shape": list(shape), "output_shape": list(y.shape),
-            "output_max_abs": float(y.abs().max()), "ops": ops}
+            "output_max_abs": float(y.abs().max()), "fp32_noise": fp32_noise,
+            "extra_inputs": extra_inputs, "ops": ops}
     with open(os.path.join(d, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
-    print(f"{name}: {len(ops)} op types {ops}, output {tuple(y.shape)}, max |y| {meta['output_max_abs']:.3g}")
+    print(f"{name}: {len(ops)} op types, output {tuple(y.shape)}, max |y| {meta['output_max_abs']:.3g}, "
+          f"fp32 vs fp64 {fp32_noise:.1e}")
 
 
 def main():
@@ -124,6 +148,8 @@ def main():
     ap.add_argument("out_dir")
     ap.add_argument("--only", help="comma-separated model names")
     ap.add_argument("--list", action="store_true", help="print the model names and exit")
+    ap.add_argument("--random-inputs", type=int, default=0, metavar="K",
+                    help="also write K fresh random inputs with PyTorch's outputs")
     args = ap.parse_args()
     if args.list:
         print("\n".join(MODELS))
@@ -135,7 +161,7 @@ def main():
         return 2
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     for name in names:
-        export(name, args.out_dir)
+        export(name, args.out_dir, args.random_inputs)
     return 0
 
 

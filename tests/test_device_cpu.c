@@ -891,6 +891,68 @@ static void launch_without_io_runs_and_keeps_buffers(void **state)
     pb_free(&b);
 }
 
+struct loader_arg {
+    struct etf_device *dev;
+    const struct etf_plan *plan;
+    int rounds, failures;
+};
+
+static void *load_unload_loop(void *p)
+{
+    struct loader_arg *a = p;
+    for (int i = 0; i < a->rounds; i++) {
+        struct etf_model_desc desc = {.name = "bg", .plan = a->plan};
+        struct etf_dmodel *dm = NULL;
+        if (etf__device_load(a->dev, &desc, &dm, NULL) != 0) {
+            a->failures++;
+            continue;
+        }
+        etf__device_unload(a->dev, dm);
+    }
+    return NULL;
+}
+
+/* The device contract: loads may run on other threads while the dispatcher launches the
+ * kernels of another model on the device. */
+static void loads_run_concurrently_with_launches(void **state)
+{
+    struct pb run = {.seed = 51}, bg = {.seed = 52};
+    int x = pb_in(&run, SH(1, 16, 10, 10)), w = pb_const(&run, SH(16, 16, 3, 3));
+    int y = pb_act(&run, SH(1, 16, 10, 10));
+    post_elt(pb_conv(&run, y, x, w, -1, 1, 1, 1, 1), ETF_ELT_RELU, 0, 0);
+    pb_out(&run, y);
+    int bx = pb_in(&bg, SH(1, 8, 12, 12)), bw = pb_const(&bg, SH(24, 8, 3, 3));
+    int by = pb_act(&bg, SH(1, 24, 12, 12));
+    pb_conv(&bg, by, bx, bw, -1, 1, 1, 1, 1);
+    pb_out(&bg, by);
+
+    struct etf_device *d = open_cpu(2);
+    struct etf_dmodel *dm = load_plan(d, &run.p);
+    float in[1600], out[1600], ref[1600];
+    uint32_t seed = 3;
+    for (size_t i = 0; i < 1600; i++)
+        in[i] = pb_rand(&seed);
+    const float *ins[] = {in};
+    float *outs[] = {out}, *refs[] = {ref};
+    ref_run_plan(&run.p, ins, refs);
+    struct etf_task_io io = {.inputs = ins, .outputs = outs};
+
+    struct loader_arg arg = {.dev = d, .plan = &bg.p, .rounds = 6};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, load_unload_loop, &arg), 0);
+    for (int i = 0; i < 40; i++) {
+        memset(out, 0, sizeof out);
+        run_task(d, dm, &run.p, &io);
+        expect_close(out, ref, 1600, "while another model loads");
+    }
+    pthread_join(t, NULL);
+    assert_int_equal(arg.failures, 0);
+    etf__device_unload(d, dm);
+    etf_device_close(d);
+    pb_free(&run);
+    pb_free(&bg);
+}
+
 static void registry_lists_cpu(void **state)
 {
     bool found = false;
@@ -949,6 +1011,7 @@ int main(void)
         cmocka_unit_test(thread_counts_one_and_two),
         cmocka_unit_test(unsupported_combination_is_enotsup_with_message),
         cmocka_unit_test(launch_without_io_runs_and_keeps_buffers),
+        cmocka_unit_test(loads_run_concurrently_with_launches),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

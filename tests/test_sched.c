@@ -312,6 +312,34 @@ static void model_without_power_runs_and_charges_no_energy(void **state)
     fx_free(fx);
 }
 
+/* A tenant that is done unloads its model and deletes itself from inside the completion
+ * of its last task, while that task's turn is still finishing: it must succeed. */
+static void delete_from_the_last_completion(struct fixture *fx, const struct etf_task_record *rec)
+{
+    struct etf_diag diag = {{0}};
+    assert_int_equal(etf_model_unload(fx->s, rec->mid, &diag), 0);
+    if (etf_entity_delete(fx->s, rec->eid, &diag) != 0)
+        fail_msg("deleting the entity from on_done: %s", diag.msg);
+    *(bool *)fx->hook_arg = true;
+}
+
+static void entity_deleted_from_on_done_is_gone(void **state)
+{
+    struct fixture *fx = fx_new(1, 10 * MS);
+    uint64_t eid = fx_entity(fx, 0);
+    uint64_t mid = fx_model(fx, eid, prof_uniform("m", 2, GHZ, 10, 1000), GHZ);
+    bool deleted = false;
+    fx->hook = delete_from_the_last_completion;
+    fx->hook_arg = &deleted;
+    fx_submit(fx, mid);
+    fx_drain(fx, 100);
+    assert_true(deleted);
+    struct etf_entity_stats st;
+    assert_int_equal(etf_entity_stats(fx->s, eid, &st), ETF_ENOENT);
+    assert_int_equal(fx_sstats(fx).runnable, 0);
+    fx_free(fx);
+}
+
 static void model_needs_a_profile_or_a_plan(void **state)
 {
     struct fixture *fx = fx_new(1, 10 * MS);
@@ -1386,6 +1414,7 @@ int main(void)
         cmocka_unit_test(model_frequency_outside_profile_is_einval_naming_it),
         cmocka_unit_test(model_without_power_runs_and_charges_no_energy),
         cmocka_unit_test(model_needs_a_profile_or_a_plan),
+        cmocka_unit_test(entity_deleted_from_on_done_is_gone),
         cmocka_unit_test(model_default_frequency_is_current_if_covered_else_highest),
         cmocka_unit_test(model_stats_report_name_owner_frequency_and_totals),
         cmocka_unit_test(submit_to_unknown_model_is_enoent),

@@ -76,6 +76,9 @@ bool etf__device_cuda_available(void);
 #define MAX_STEPS 4
 /* Convolution algorithms that want more workspace than this are passed over. */
 #define WORKSPACE_LIMIT ((size_t)256 << 20)
+/* cuBLAS's workspace, given at open so that no product allocates one while a launch runs
+ * (32 MiB is what cuBLAS recommends for Hopper). */
+#define CUBLAS_WORKSPACE ((size_t)32 << 20)
 
 _Static_assert((int)ETFK_ELT_RELU == (int)ETF_ELT_RELU && (int)ETFK_ELT_CLIP == (int)ETF_ELT_CLIP &&
                    (int)ETFK_ELT_SIGMOID == (int)ETF_ELT_SIGMOID &&
@@ -180,6 +183,7 @@ struct exec_ctx {
     cudaStream_t stream;
     cudnnHandle_t cudnn;
     cublasHandle_t cublas;
+    void *cublas_ws;
     struct errbuf *err;
 };
 
@@ -1970,6 +1974,8 @@ static void ctx_close(struct exec_ctx *cx)
 {
     if (cx->cublas)
         cublasDestroy(cx->cublas);
+    if (cx->cublas_ws)
+        cudaFree(cx->cublas_ws);
     if (cx->cudnn)
         cudnnDestroy(cx->cudnn);
     if (cx->stream)
@@ -1987,6 +1993,9 @@ static int ctx_open(struct exec_ctx *cx, bool tf32, struct errbuf *e)
     CK_CUDNN(e, cudnnSetStream(cx->cudnn, cx->stream));
     CK_CUBLAS(e, cublasCreate(&cx->cublas));
     CK_CUBLAS(e, cublasSetStream(cx->cublas, cx->stream));
+    /* After cublasSetStream, which resets the workspace to cuBLAS's own pool. */
+    CK_CUDA(e, cudaMalloc(&cx->cublas_ws, CUBLAS_WORKSPACE));
+    CK_CUBLAS(e, cublasSetWorkspace(cx->cublas, cx->cublas_ws, CUBLAS_WORKSPACE));
     /* Default math keeps fp32 products in fp32; TF32 only when allowed. */
     CK_CUBLAS(
         e, cublasSetMathMode(cx->cublas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));

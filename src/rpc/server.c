@@ -36,11 +36,10 @@
 #include <grpc/grpc_security.h>
 #include <grpc/support/time.h>
 
-#include <errno.h>
-#include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,18 +52,14 @@
 /* How long answers may take to go out after the drain, before stragglers are cancelled. */
 #define MIN_FINISH_NS 1000000000ull
 
+/* A completion's tag is the call's address with the kind of batch in its low bit (calls
+ * are malloc-aligned), so that nothing of the call is read before its hand-off is acquired;
+ * the shutdown notification's tag is the server's shutdown_tag. */
 enum tag_kind {
-    TAG_MAIN,
-    TAG_CLOSE,
-    TAG_SHUTDOWN,
+    TAG_MAIN = 0,
+    TAG_CLOSE = 1,
 };
-
-struct call;
-
-struct tag {
-    enum tag_kind kind;
-    struct call *call;
-};
+#define TAG_KIND_MASK ((uintptr_t)1)
 
 enum call_state {
     CALL_ACCEPTING,
@@ -76,7 +71,6 @@ enum call_state {
 struct method;
 
 struct call {
-    struct tag main_tag, close_tag;
     struct etf_server *srv;
     grpc_call *call;
     grpc_call_details details;
@@ -109,7 +103,7 @@ struct etf_server {
     size_t max_message;
     int n_threads;
     pthread_t threads[MAX_CQ_THREADS];
-    struct tag shutdown_tag;
+    char shutdown_tag; /* its address is the tag */
 
     pthread_mutex_t lock;
     pthread_cond_t cond; /* signalled when the shutdown notification arrives */
@@ -184,9 +178,21 @@ static void handoff_acquire(struct call *c)
 
 /* Starts a batch on the call and gives the call up to whoever takes the completion: from
  * the release on, this thread does not touch *c (unless the batch fails to start). */
-static grpc_call_error start_batch(struct call *c, const grpc_op *ops, size_t n, struct tag *tag)
+static void *tag_of(struct call *c, enum tag_kind kind)
+{
+    return (void *)((uintptr_t)c | (uintptr_t)kind);
+}
+
+static struct call *tag_call(void *tag, enum tag_kind *kind)
+{
+    *kind = (enum tag_kind)((uintptr_t)tag & TAG_KIND_MASK);
+    return (struct call *)((uintptr_t)tag & ~TAG_KIND_MASK);
+}
+
+static grpc_call_error start_batch(struct call *c, const grpc_op *ops, size_t n, enum tag_kind kind)
 {
     grpc_call *call = c->call;
+    void *tag = tag_of(c, kind);
     handoff_release(c);
     return grpc_call_start_batch(call, ops, n, tag, NULL);
 }
@@ -197,8 +203,6 @@ static struct call *call_new(struct etf_server *srv)
     if (!c)
         return NULL;
     c->srv = srv;
-    c->main_tag = (struct tag){TAG_MAIN, c};
-    c->close_tag = (struct tag){TAG_CLOSE, c};
     grpc_call_details_init(&c->details);
     grpc_metadata_array_init(&c->md);
     atomic_init(&c->refs, 0);
@@ -246,7 +250,7 @@ static void accept_one(struct etf_server *srv)
     c->state = CALL_ACCEPTING;
     handoff_release(c);
     grpc_call_error e = grpc_server_request_call(srv->server, &c->call, &c->details, &c->md,
-                                                 srv->cq, srv->cq, &c->main_tag);
+                                                 srv->cq, srv->cq, tag_of(c, TAG_MAIN));
     if (e != GRPC_CALL_OK) {
         fprintf(stderr, "etfd: cannot accept calls: grpc error %d\n", (int)e);
         call_free(c);
@@ -289,7 +293,7 @@ static void call_finish(struct call *c, grpc_status_code code, const char *msg,
         c->have_details ? &c->status_details : NULL;
     n++;
     c->state = CALL_SENDING;
-    grpc_call_error e = start_batch(c, ops, n, &c->main_tag);
+    grpc_call_error e = start_batch(c, ops, n, TAG_MAIN);
     if (e != GRPC_CALL_OK) {
         /* No completion will come for this batch: end the main path here. */
         fprintf(stderr, "etfd: cannot answer a call: grpc error %d\n", (int)e);
@@ -319,10 +323,17 @@ static void call_dispatch(struct call *c, bool ok)
     struct etf_server *srv = c->srv;
     struct etf_diag diag = {""};
     const struct method *m = c->method;
-    if (!ok || !c->request) {
-        /* The client half-closed without a message, or the message never made it (too
-         * large: gRPC has already cancelled the call with RESOURCE_EXHAUSTED). */
-        call_fail(c, ETF_EINVAL, "expected one request message, none arrived");
+    if (!ok) {
+        /* The call ended before its message arrived: cancelled by the client, or over the
+         * size limit (gRPC has answered RESOURCE_EXHAUSTED itself). The status sent here
+         * goes nowhere but ends the main path. */
+        call_fail(c, ETF_EINVAL,
+                  "the request did not arrive: the call was cancelled or its "
+                  "message exceeded the size limit");
+        return;
+    }
+    if (!c->request) {
+        call_fail(c, ETF_EINVAL, "expected one request message, the client sent none");
         return;
     }
     bool too_big;
@@ -379,7 +390,7 @@ static void call_accepted(struct call *c, bool ok)
     op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
     op.data.recv_close_on_server.cancelled = &c->cancelled;
     /* Its completion only drops a reference: this thread keeps the rest of *c. */
-    if (start_batch(c, &op, 1, &c->close_tag) != GRPC_CALL_OK)
+    if (start_batch(c, &op, 1, TAG_CLOSE) != GRPC_CALL_OK)
         call_unref(c);
 
     c->method = find_method(c->details.method);
@@ -399,22 +410,23 @@ static void call_accepted(struct call *c, bool ok)
     op.op = GRPC_OP_RECV_MESSAGE;
     op.data.recv_message.recv_message = &c->request;
     c->state = CALL_RECEIVING;
-    if (start_batch(c, &op, 1, &c->main_tag) != GRPC_CALL_OK)
+    if (start_batch(c, &op, 1, TAG_MAIN) != GRPC_CALL_OK)
         call_fail(c, ETF_EIO, "cannot read the request");
 }
 
-static void handle_event(struct etf_server *srv, struct tag *t, bool ok)
+static void handle_event(struct etf_server *srv, void *tag, bool ok)
 {
-    if (t->kind == TAG_SHUTDOWN) {
+    if (tag == &srv->shutdown_tag) {
         pthread_mutex_lock(&srv->lock);
         srv->shutdown_notified = true;
         pthread_cond_broadcast(&srv->cond);
         pthread_mutex_unlock(&srv->lock);
         return;
     }
-    struct call *c = t->call;
+    enum tag_kind kind;
+    struct call *c = tag_call(tag, &kind);
     handoff_acquire(c);
-    if (t->kind == TAG_CLOSE) {
+    if (kind == TAG_CLOSE) {
         call_unref(c);
         return;
     }
@@ -468,7 +480,6 @@ int etf_server_start(const struct etf_server_config *cfg, struct etf_service *sv
     int rc = 0;
     srv->svc = svc;
     srv->max_message = max_message;
-    srv->shutdown_tag = (struct tag){TAG_SHUTDOWN, NULL};
     if (pthread_mutex_init(&srv->lock, NULL)) {
         free(srv);
         return etf_diagf(diag, ETF_ENOMEM, "server: cannot create a lock");
@@ -533,8 +544,9 @@ fail_started:
             grpc_completion_queue_next(srv->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
         if (ev.type == GRPC_OP_COMPLETE && ev.tag == &srv->shutdown_tag)
             break;
+        enum tag_kind kind;
         if (ev.type == GRPC_OP_COMPLETE)
-            call_free(((struct tag *)ev.tag)->call);
+            call_free(tag_call(ev.tag, &kind));
     }
 fail:
     if (srv->server)

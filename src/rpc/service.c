@@ -617,13 +617,15 @@ fail:
     return NULL;
 }
 
-/* The clock a measured profile is keyed by: the controller's if it can tell, else the
- * CPU's nominal clock (as etf-run), else 1 GHz. */
+/* The clock a measured profile is keyed by: the controller's if it can tell, else for the
+ * cpu device the CPU's nominal clock (as etf-run), else a nominal 1 GHz. */
 static uint64_t measured_frequency(struct etf_service *svc)
 {
     uint64_t hz;
     if (etf_freq_current(svc->freq, &hz) == 0 && hz > 0)
         return hz;
+    if (strcmp(svc->device_name, "cpu") != 0)
+        return 1000000000u;
     FILE *f = fopen("/proc/cpuinfo", "r");
     char line[256];
     double mhz = 0;

@@ -70,6 +70,9 @@ struct entity {
     struct etf_share_node share;
     double slice_ns; /* the slice of its latest turn */
     bool runnable, on_cpu;
+    /* Deleted while its turn was still finishing (its last task just answered): the
+     * stepping thread frees it when the turn ends. */
+    bool deleted;
     uint64_t tasks_done, time_ns, energy_nj;
 };
 
@@ -355,6 +358,8 @@ static void end_turn(struct etf_sched *s, struct entity *e, uint64_t used_ns)
         least = first->vruntime;
     if (least > s->min_vruntime)
         s->min_vruntime = least;
+    if (e->deleted)
+        free(e);
 }
 
 int etf_sched_step(struct etf_sched *s, bool *ran)
@@ -469,6 +474,8 @@ static void fail_queued(struct etf_sched *s)
         e->on_cpu = false;
         if (e->runnable)
             leave(s, e);
+        if (e->deleted)
+            free(e);
     }
 }
 
@@ -684,12 +691,16 @@ int etf_entity_delete(struct etf_sched *s, uint64_t eid, struct etf_diag *diag)
     lock(s);
     struct entity *e = find_entity(s, eid, diag);
     int rc = e ? 0 : ETF_ENOENT;
-    if (e && (e->models || e->loading || e->on_cpu)) {
+    if (e && (e->models || e->loading)) {
         rc = etf_diagf(diag, ETF_EBUSY, "entity %llu still has %zu model(s) loaded",
                        (unsigned long long)eid, e->models + e->loading);
     } else if (e) {
+        /* Without models it has no tasks; only a turn that is ending may still hold it. */
         etf__idmap_remove(&s->entities, eid);
-        free(e);
+        if (e->on_cpu)
+            e->deleted = true;
+        else
+            free(e);
     }
     unlock(s);
     return rc;
