@@ -13,6 +13,7 @@ deep nets collapse towards 0 and a comparison proves nothing).
 """
 import argparse
 import copy
+import inspect
 import json
 import os
 import sys
@@ -119,10 +120,15 @@ def export(name, out_dir, extra_inputs=0):
     d = os.path.join(out_dir, name)
     os.makedirs(d, exist_ok=True)
     path = os.path.join(d, "model.onnx")
-    # A symbolic batch dimension, so that a model can be loaded at any batch size.
+    # A symbolic batch dimension, so that a model can be loaded at any batch size. Newer
+    # PyTorch defaults to the dynamo exporter; the TorchScript one gives the same graphs as
+    # Debian's PyTorch.
+    extra = {}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        extra["dynamo"] = False
     torch.onnx.export(model, x, path, opset_version=OPSET, input_names=["input"],
                       output_names=["output"], do_constant_folding=True,
-                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, **extra)
     x.numpy().astype("<f4").tofile(os.path.join(d, "input.bin"))
     y.numpy().astype("<f4").tofile(os.path.join(d, "output.bin"))
     # Fresh random inputs and PyTorch's outputs for them, so that a check does not rest on

@@ -63,6 +63,7 @@ static const struct {
     {"Cast", ETF__OP_CAST},
     {"Expand", ETF__OP_EXPAND},
     {"Equal", ETF__OP_EQUAL},
+    {"Mod", ETF__OP_MOD},
     {"Where", ETF__OP_WHERE},
     {"ConstantOfShape", ETF__OP_CONSTANTOFSHAPE},
 };
@@ -738,6 +739,13 @@ static int64_t binary_i(enum etf__op op, int64_t a, int64_t b)
         return (a == INT64_MIN && b == -1) ? INT64_MIN : a / b;
     case ETF__OP_EQUAL:
         return a == b;
+    case ETF__OP_MOD: {
+        /* ONNX Mod with fmod = 0: the result takes the divisor's sign, as in Python */
+        if (a == INT64_MIN && b == -1)
+            return 0;
+        int64_t r = a % b;
+        return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+    }
     default:
         return 0;
     }
@@ -779,9 +787,11 @@ static int inf_binary(struct etf__graph *g, struct etf__node *n, struct etf_diag
                    dtype_name(a->dtype), b->name, dtype_name(b->dtype));
     if (n->op == ETF__OP_POW && a->dtype != ETF__DT_FLOAT)
         return ERR(ETF_ENOTSUP, "Pow of integers is not supported");
+    if (n->op == ETF__OP_MOD && a->dtype == ETF__DT_FLOAT)
+        return ERR(ETF_ENOTSUP, "Mod of floats is not supported (integers only)");
     enum etf__dtype odt = n->op == ETF__OP_EQUAL ? ETF__DT_INT64 : a->dtype;
     if (!(a->data && b->data)) {
-        if (a->dtype != ETF__DT_FLOAT || n->op == ETF__OP_EQUAL)
+        if (a->dtype != ETF__DT_FLOAT || n->op == ETF__OP_EQUAL || n->op == ETF__OP_MOD)
             return ERR(ETF_ENOTSUP, "%s is supported on constants only (input '%s' is computed)",
                        n->op_type, a->data ? b->name : a->name);
         if (n->op == ETF__OP_POW) {
@@ -821,7 +831,7 @@ static int inf_binary(struct etf__graph *g, struct etf__node *n, struct etf_diag
         if (a->dtype == ETF__DT_INT64) {
             int64_t x = ((const int64_t *)a->data)[it.off[0]];
             int64_t z = ((const int64_t *)b->data)[it.off[1]];
-            if (n->op == ETF__OP_DIV && z == 0)
+            if ((n->op == ETF__OP_DIV || n->op == ETF__OP_MOD) && z == 0)
                 return ERR(ETF_EFORMAT, "integer division by zero while folding constants");
             ((int64_t *)y)[i] = binary_i(n->op, x, z);
         } else {
@@ -2123,6 +2133,7 @@ static int infer_node(struct etf__graph *g, struct etf__node *n, struct etf_diag
     case ETF__OP_DIV:
     case ETF__OP_POW:
     case ETF__OP_EQUAL:
+    case ETF__OP_MOD:
         return inf_binary(g, n, diag);
     case ETF__OP_WHERE:
         return inf_where(g, n, diag);

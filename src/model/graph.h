@@ -69,6 +69,7 @@ enum etf__op {
     ETF__OP_CAST,
     ETF__OP_EXPAND,
     ETF__OP_EQUAL,
+    ETF__OP_MOD, /* integers, on constants (shape arithmetic of newer exporters) */
     ETF__OP_WHERE,
     ETF__OP_CONSTANTOFSHAPE,
     /* Internal ops made by the pattern rewrites of plan_build.c; one input. */
