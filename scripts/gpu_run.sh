@@ -26,20 +26,7 @@ if [ ! -x "$build/etf-run" ]; then
 fi
 
 # ---- Libraries
-extra=()
-[ -n "${ETF_GPU_LIBS:-}" ] && extra+=("$ETF_GPU_LIBS")
-[ -d "$build/libs" ] && extra+=("$(cd "$build/libs" && pwd)")
-if ! ldconfig -p 2>/dev/null | grep -q 'libcudnn\.so\.9 '; then
-  # PyTorch's wheels bring cuDNN and cuBLAS under site-packages/nvidia/*/lib.
-  for pkg in cudnn cublas cuda_runtime; do
-    dir=$(python3 -c "import nvidia.$pkg as m; print(list(m.__path__)[0] + '/lib')" 2>/dev/null) &&
-      [ -d "$dir" ] && extra+=("$dir")
-  done
-fi
-if [ ${#extra[@]} -gt 0 ]; then
-  joined=$(IFS=:; echo "${extra[*]}")
-  export LD_LIBRARY_PATH="$joined${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-fi
+. "$(dirname "$0")/gpu_env.sh" "$build"
 
 {
   echo "== machine"
