@@ -217,7 +217,8 @@ static const struct bad_case bad_cases[] = {
      "device 'nodev' is not available in this build"},
     {TOP("'freq':'turbo',", TENANT("a", "")), CREATE, ETF_ENOTSUP,
      "frequency controller 'turbo' is not available"},
-    {TOP("'meter':'rapl',", TENANT("a", "")), CREATE, ETF_ENOTSUP, "meter 'rapl' is not available"},
+    {TOP("'meter':'tegrastats',", TENANT("a", "")), CREATE, ETF_ENOTSUP,
+     "meter 'tegrastats' is not available"},
 };
 
 static void test_bad_scenarios(void **state)

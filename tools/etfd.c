@@ -47,6 +47,10 @@ struct options {
     size_t max_queued;
     double drain_s;
     bool have_quantum, have_phi;
+    const char *meter, *freq;   /* backend names; NULL = the service's defaults */
+    struct etf_meter_config meter_cfg;
+    struct etf_freq_config freq_cfg;
+    bool restore_clocks;
 };
 
 static void usage(FILE *f)
@@ -55,6 +59,10 @@ static void usage(FILE *f)
             "usage: etfd --quantum-us Q --phi P --device cpu|cuda|sim --models DIR\n"
             "            [--listen HOST:PORT] [--threads N] [--max-message-bytes N]\n"
             "            [--max-queued N] [--drain-s S] [--results DIR]\n"
+            "            [--meter model|nvml|ina3221|hwmon|rapl] [--rail NAME]\n"
+            "            [--freq none|sim|devfreq|cpufreq] [--sysfs-root DIR] [--journal FILE]\n"
+            "       etfd --restore-clocks [--sysfs-root DIR] [--journal FILE]\n"
+            "            (puts back the clocks a crashed etfd left changed; for ExecStopPost)\n"
             "       etfd Q P gpu|cpu        (the original form; models from " DEFAULT_MODELS ")\n"
             "Serves efair.rpc.EFairService on HOST:PORT (default " DEFAULT_LISTEN
             "; port 0 = any free\n"
@@ -146,6 +154,12 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"max-queued", required_argument, NULL, 'Q'},
         {"drain-s", required_argument, NULL, 'D'},
         {"results", required_argument, NULL, 'r'},
+        {"meter", required_argument, NULL, 'e'},
+        {"freq", required_argument, NULL, 'f'},
+        {"rail", required_argument, NULL, 'a'},
+        {"sysfs-root", required_argument, NULL, 's'},
+        {"journal", required_argument, NULL, 'j'},
+        {"restore-clocks", no_argument, NULL, 'R'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -178,6 +192,25 @@ static int parse_args(int argc, char **argv, struct options *o)
         case 'r':
             o->results = optarg;
             break;
+        case 'e':
+            o->meter = optarg;
+            break;
+        case 'f':
+            o->freq = optarg;
+            break;
+        case 'a':
+            o->meter_cfg.rail = optarg;
+            break;
+        case 's':
+            o->meter_cfg.sysfs.root = optarg;
+            o->freq_cfg.sysfs.root = optarg;
+            break;
+        case 'j':
+            o->freq_cfg.journal_path = optarg;
+            break;
+        case 'R':
+            o->restore_clocks = true;
+            break;
         case 't':
             if (!parse_u64(optarg, 1, 1024, &v))
                 return fail(EXIT_USAGE, "--threads: expected 1..1024, found '%s'", optarg);
@@ -208,6 +241,8 @@ static int parse_args(int argc, char **argv, struct options *o)
         }
     }
 
+    if (o->restore_clocks)
+        return optind == argc ? 0 : fail(EXIT_USAGE, "--restore-clocks takes no arguments");
     int positional = argc - optind;
     if (positional != 0 && positional != 3) {
         usage(stderr);
@@ -318,6 +353,12 @@ int main(int argc, char **argv)
     sigaction(SIGPIPE, &ign, NULL);
 
     struct etf_diag diag;
+    if (o.restore_clocks) {
+        if (etf_freq_restore_journal(&o.freq_cfg, &diag))
+            return fail(1, "%s", diag.msg);
+        printf("etfd: clocks restored (or nothing to restore)\n");
+        return 0;
+    }
     struct etf_service *svc = NULL;
     struct etf_server *srv = NULL;
     struct etf_service_config scfg = {
@@ -327,6 +368,10 @@ int main(int argc, char **argv)
         .phi = o.phi,
         .device_threads = o.threads,
         .max_queued = o.max_queued,
+        .meter = o.meter,
+        .freq = o.freq,
+        .meter_cfg = &o.meter_cfg,
+        .freq_cfg = &o.freq_cfg,
     };
     if ((rc = etf_service_create(&scfg, &svc, &diag)))
         return fail(rc == ETF_ENOMEM || rc == ETF_EDEVICE ? 1 : EXIT_USAGE, "%s", diag.msg);

@@ -50,8 +50,29 @@ const char *etf_device_name(const struct etf_device *dev);
 /* NULL-terminated list of the device backends this build has. */
 const char *const *etf_device_names(void);
 
+/* Where the backends that read sysfs (meters ina3221, hwmon, rapl; frequency controllers
+ * devfreq, cpufreq) find it. All zero = the real /sys, or $ETF_SYSFS_ROOT when set. */
+struct etf_sysfs_io;
+struct etf_sysfs_config {
+    const char *root; /* directory standing for /sys; NULL = $ETF_SYSFS_ROOT, else "/sys" */
+    /* System calls (src/util/sysfs.h); NULL = the real ones. Tests inject fakes here. */
+    const struct etf_sysfs_io *io;
+    void *io_ctx;
+};
+
 struct etf_meter_config {
     int reserved; /* hardware meters add their settings here */
+    struct etf_sysfs_config sysfs; /* ina3221, hwmon, rapl */
+    /* ina3221, hwmon: the rail to measure, matched case-insensitively against the sensors'
+     * names; NULL = the GPU rail ("GPU", "VDD_GPU", "VDD_SYS_GPU"; hwmon: "VDD_GPU_SOC"). */
+    const char *rail;
+    /* rapl: a zone name ("package-0", "dram": every zone of that name, summed) or a zone id
+     * ("intel-rapl:0:2"); NULL = every package zone, summed. */
+    const char *domain;
+    /* nvml: the NVML library to load; NULL = $ETF_NVML_LIBRARY, else libnvidia-ml.so.1. */
+    const char *library_path;
+    /* nvml: the GPU's NVML index. */
+    unsigned device_index;
 };
 int etf_meter_open(const char *name, const struct etf_meter_config *cfg, struct etf_meter **out,
                    struct etf_diag *diag);
@@ -62,6 +83,17 @@ const char *const *etf_meter_names(void);
 struct etf_freq_config {
     /* Frequency the controller reports before its first switch; 0 = unknown. */
     uint64_t initial_hz;
+    struct etf_sysfs_config sysfs; /* devfreq, cpufreq */
+    /* devfreq: the node under class/devfreq; NULL = the Jetson GPU found there
+     * (17000000.gp10b, .gv11b or .ga10b). */
+    const char *node;
+    /* cpufreq: the CPUs whose policies switch together ("0-3,6"); NULL = every policy. */
+    const char *cpus;
+    /* devfreq, cpufreq: how long a switch may take to show in cur_freq; 0 = 50 ms. */
+    uint64_t settle_timeout_ns;
+    /* devfreq, cpufreq: the settings found at open, restored at close or after a crash;
+     * NULL = /run/etf/clocks.journal. */
+    const char *journal_path;
 };
 int etf_freq_open(const char *name, const struct etf_freq_config *cfg, struct etf_freq **out,
                   struct etf_diag *diag);
@@ -72,6 +104,16 @@ const char *const *etf_freq_names(void);
 int etf_freq_current(struct etf_freq *f, uint64_t *hz);
 /* Number of frequency switches the controller has carried out. */
 uint64_t etf_freq_switches(const struct etf_freq *f);
+/* Why the controller's latest switch failed ("cur_freq stayed at X Hz, expected Y Hz"); ""
+ * when it did not fail or the backend keeps no text. Read it from the thread that switches
+ * (the dispatcher's completion callback), or after the scheduler is stopped. */
+const char *etf_freq_last_error(const struct etf_freq *f);
+/* Puts back the clock settings recorded in the journal of cfg (cfg->journal_path, sysfs
+ * root) by a controller that did not close (crash, kill -9), then removes the journal: the
+ * one-shot behind `etfd --restore-clocks`. 0 when there is no journal. Errors: ETF_EFORMAT
+ * (the journal is malformed or does not fit the hardware: nothing is written), ETF_EBUSY (a
+ * running controller holds it), ETF_EDEVICE (a write was refused: the journal is kept). */
+int etf_freq_restore_journal(const struct etf_freq_config *cfg, struct etf_diag *diag);
 
 /* ---- The scheduler ---- */
 
@@ -97,7 +139,22 @@ struct etf_sched_config {
     /* Tasks queued over all entities beyond which etf_submit fails with ETF_ELIMIT;
      * 0 = 65536. */
     size_t max_queued_tasks;
+    /* Measured energy, with a meter that measures (nvml, ...): a sampler thread reads the
+     * meter every meter_sample_ns (0 = 20 ms) and splits what it measured among the
+     * entities that ran (see src/sched/ledger.h). ETF_METER_SAMPLE_MANUAL starts no thread:
+     * the driver samples itself (tests on a virtual clock). Such a meter needs a clock that
+     * any thread may read: with a virtual clock etf_sched_create fails with ETF_EINVAL
+     * unless sampling is manual. The model meter starts no sampler and keeps no ledger. */
+    uint64_t meter_sample_ns;
+    /* Once an entity's measured energy covers this much of its own device time (0 = 500 ms)
+     * its measured power replaces the modelled one in the allocation; each further such
+     * window updates it as a moving average (weight 1/2). */
+    uint64_t meter_window_ns;
+    /* Turns the ledger holds between two samples; 0 = 16384. When the sampler falls
+     * behind, the oldest turns are dropped and counted (etf_sched_stats.ledger_dropped). */
+    size_t ledger_turns;
 };
+#define ETF_METER_SAMPLE_MANUAL UINT64_MAX
 
 /* Creates a scheduler. Errors: ETF_EINVAL (phi outside [0,1] or not a number, Q = 0, no
  * device) with diag saying which. *out is freed with etf_sched_destroy. */
@@ -169,7 +226,10 @@ struct etf_task_record {
     int status; /* 0, or why the task did not run to completion */
     uint64_t submit_ns, start_ns, end_ns; /* scheduler clock */
     uint64_t service_ns;                  /* device time charged */
-    uint64_t energy_nj;                   /* energy charged */
+    uint64_t energy_nj;                   /* energy charged: always modelled (time × profiled
+                                           * power), even with a measuring meter, whose
+                                           * readings are far coarser than one task; the
+                                           * measured energy is per entity (etf_entity_stats) */
     uint64_t freq_hz;                     /* frequency the model runs at */
     void *user;
 };
@@ -206,6 +266,10 @@ struct etf_entity_stats {
     double slice_ns;
     double vruntime;
     double power_mw; /* the P_i the allocation uses (while not runnable: its latest estimate) */
+    /* With a measuring meter: the measured energy attributed to the entity, and its device
+     * time within the intervals that energy was measured over (their ratio is its measured
+     * power). 0 with the model meter. */
+    uint64_t measured_energy_nj, measured_time_ns;
 };
 int etf_entity_stats(struct etf_sched *s, uint64_t eid, struct etf_entity_stats *out);
 
@@ -233,6 +297,15 @@ struct etf_sched_stats {
     uint64_t busy_ns;   /* device time charged to tasks */
     uint64_t energy_nj; /* energy charged to tasks */
     size_t entities, runnable, models, tasks_queued;
+    /* With a measuring meter (all 0 otherwise): the energy measured over the intervals
+     * attributed so far, of which idle_energy_nj while nobody ran; the rest went to the
+     * entities (measured_energy_nj == idle + the entities' measured_energy_nj, exactly, as
+     * long as no entity that had measured energy was deleted). */
+    uint64_t measured_energy_nj, idle_energy_nj;
+    double idle_power_mw;    /* learnt from intervals with nobody running; 0 = not yet */
+    uint64_t meter_samples;  /* successful meter reads */
+    uint64_t meter_errors;   /* failed meter reads */
+    uint64_t ledger_dropped; /* turns lost because the sampler fell behind */
 };
 void etf_sched_stats(struct etf_sched *s, struct etf_sched_stats *out);
 

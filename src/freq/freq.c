@@ -1,11 +1,15 @@
 /* The frequency-controller registry and dispatch functions. */
 #include "freq/freq.h"
+#include "freq/journal.h"
 
 #include <string.h>
 
 static const struct etf_freq_ops *const freq_backends[] = {
     &etf__freq_none_ops,
     &etf__freq_sim_ops,
+    /* Open by name; unlisted, as they open only where their sysfs nodes are. */
+    &etf__freq_devfreq_ops,
+    &etf__freq_cpufreq_ops,
     NULL,
 };
 
@@ -31,7 +35,7 @@ int etf_freq_open(const char *name, const struct etf_freq_config *cfg, struct et
             return freq_backends[i]->open(cfg ? cfg : &defaults, out, diag);
     }
     return etf_diagf(diag, ETF_ENOTSUP,
-                     "frequency controller '%.64s' is not available in this build (have: none, sim)",
+                     "frequency controller '%.64s' is not available in this build (have: none, sim, devfreq, cpufreq)",
                      name);
 }
 

@@ -3,8 +3,18 @@
 
 #include <string.h>
 
+extern const struct etf_meter_ops etf__meter_ina3221_ops;
+extern const struct etf_meter_ops etf__meter_hwmon_ops;
+extern const struct etf_meter_ops etf__meter_rapl_ops;
+
 static const struct etf_meter_ops *const meter_backends[] = {
     &etf__meter_model_ops,
+    &etf__meter_nvml_ops, /* opens by name; unlisted, as it opens only where NVML and a GPU are */
+    /* Sensors read through sysfs (meter_ina3221.c, meter_hwmon.c, meter_rapl.c); unlisted
+     * likewise, as they open only where their sensors are. */
+    &etf__meter_ina3221_ops,
+    &etf__meter_hwmon_ops,
+    &etf__meter_rapl_ops,
     NULL,
 };
 

@@ -28,6 +28,9 @@ struct etf_meter_ops {
      * Present only with ETF_METER_CAP_MEASURES. May block (milliseconds on some hardware):
      * call it from a sampler thread, never from the dispatch path. */
     int (*read_energy)(struct etf_meter *m, uint64_t *energy_uj, uint64_t *at_ns);
+    /* Optional (NULL when the meter cannot tell): the power drawn now, in mW, for tools and
+     * diagnostics; the scheduler attributes energy from read_energy only. */
+    int (*read_power)(struct etf_meter *m, double *power_mw);
     void (*close)(struct etf_meter *m);
 };
 
@@ -36,6 +39,8 @@ struct etf_meter {
 };
 
 extern const struct etf_meter_ops etf__meter_model_ops;
+/* An NVIDIA GPU's energy counter through NVML, loaded at run time (meter_nvml.c). */
+extern const struct etf_meter_ops etf__meter_nvml_ops;
 
 /* True when the meter measures energy itself (NULL = the model meter: false). */
 bool etf__meter_measures(const struct etf_meter *m);

@@ -1175,10 +1175,11 @@ int etf_service_create(const struct etf_service_config *cfg, struct etf_service 
     }
 
     struct etf_device_config dcfg = {.threads = cfg->device_threads};
-    struct etf_freq_config fcfg = {0};
+    const char *meter = cfg->meter ? cfg->meter : "model";
+    const char *freq = cfg->freq ? cfg->freq : svc->sim ? "sim" : "none";
     if ((rc = etf_device_open(cfg->device, &dcfg, &svc->dev, diag)) ||
-        (rc = etf_meter_open("model", NULL, &svc->meter, diag)) ||
-        (rc = etf_freq_open(svc->sim ? "sim" : "none", &fcfg, &svc->freq, diag)))
+        (rc = etf_meter_open(meter, cfg->meter_cfg, &svc->meter, diag)) ||
+        (rc = etf_freq_open(freq, cfg->freq_cfg, &svc->freq, diag)))
         goto fail;
     struct etf_sched_config scfg = {
         .quantum_ns = cfg->quantum_ns,

@@ -30,6 +30,11 @@ struct etf_service_config {
     size_t max_queued;      /* tasks queued over all entities; 0 = the scheduler's default */
     /* Timed runs of a model that has no profile, after one warm-up run; 0 = 3. */
     unsigned calibration_runs;
+    /* Energy meter and frequency controller by name; NULL = "model", and "sim" with the
+     * simulated device or "none" otherwise. Their settings may be NULL (defaults). */
+    const char *meter, *freq;
+    const struct etf_meter_config *meter_cfg;
+    const struct etf_freq_config *freq_cfg;
 };
 
 /* Opens the device, the meter and the frequency controller, creates the scheduler (not yet

@@ -1,11 +1,24 @@
 /* The dispatcher: entities, models, task queues, the turn-by-turn step function, the
- * dispatcher thread, and the accounting of time and energy.
+ * dispatcher thread, the accounting of time and energy, and the sampler that attributes
+ * measured energy.
  *
  * Locking: one mutex, `lock`, guards every field of the scheduler, its entities, models and
- * tasks. It is the only lock this file takes, so there is no lock order to get wrong; it is
- * never held while calling out: not across device launches, frequency switches, device
- * loads, nor completion callbacks. The stepping thread marks the entity whose turn it runs
- * `on_cpu`, which keeps the entity alive across the moments the lock is dropped.
+ * tasks, and the ledger ring. It is the only lock this file takes, so there is no lock order
+ * to get wrong; it is never held while calling out: not across device launches, frequency
+ * switches, device loads, meter reads, nor completion callbacks. Backends' own locks (the
+ * device's, NVML's inside the meter) are therefore only ever taken with `lock` free. The
+ * stepping thread marks the entity whose turn it runs `on_cpu`, which keeps the entity alive
+ * across the moments the lock is dropped.
+ *
+ * Measured energy (a meter with ETF_METER_CAP_MEASURES only): each turn appends one entry
+ * to the ledger ring under `lock` (O(1), no allocation). The sampler thread, alone, owns
+ * `attrib`: it reads the meter with no lock held, takes `lock` briefly to move the ring's
+ * entries into attrib and to note how far the ledger is complete, splits the measured
+ * energy with no lock held (sched/ledger.h), then takes `lock` once per interval to credit
+ * the shares to the entities (by id: an entity deleted meanwhile is skipped) and to update
+ * their measured power, which enters the allocation through the same reshare as
+ * note_power. Tasks keep their modelled energy: one task is far shorter than one step of a
+ * hardware counter.
  */
 #include "etf/sched.h"
 
@@ -14,6 +27,7 @@
 #include "device/device.h"
 #include "freq/freq.h"
 #include "meter/meter.h"
+#include "sched/ledger.h"
 #include "sched/runqueue.h"
 #include "sched/share_tree.h"
 #include "util/idmap.h"
@@ -34,6 +48,12 @@
 /* A measured power that moved by more than this fraction triggers a new allocation. */
 #define POWER_REALLOC_THRESHOLD 0.01
 #define TASKS_PER_CHUNK 256
+/* Measured energy: defaults of the configuration (sched.h). */
+#define DEFAULT_SAMPLE_NS 20000000ull
+#define DEFAULT_WINDOW_NS 500000000ull
+#define DEFAULT_LEDGER_TURNS 16384u
+/* Weight of the newest window in an entity's measured power. */
+#define MEASURED_ALPHA 0.5
 
 struct task {
     struct task *next; /* in the entity's FCFS queue, or in the free list */
@@ -74,6 +94,13 @@ struct entity {
      * stepping thread frees it when the turn ends. */
     bool deleted;
     uint64_t tasks_done, time_ns, energy_nj;
+    /* Measured energy attributed to it, and its device time in the intervals measured. */
+    uint64_t measured_nj, measured_ns;
+    /* The current window of measurement and the power learnt from past windows; once
+     * has_measured, the allocation uses measured_mw. */
+    uint64_t window_nj, window_ns;
+    double measured_mw;
+    bool has_measured;
 };
 
 struct model {
@@ -126,6 +153,18 @@ struct etf_sched {
 
     bool accepting, started, stopping;
     pthread_t thread;
+
+    /* Measured energy (measuring meters only; see the top comment). */
+    bool measuring;
+    struct etf_ledger ledger;
+    bool turn_open;         /* a turn runs, started at turn_start_ns: the ledger lacks it */
+    uint64_t turn_start_ns; /* scheduler clock */
+    uint64_t window_ns;
+    uint64_t sample_ns;
+    bool sampler_started, sampler_stop;
+    pthread_t sampler;
+    pthread_cond_t sampler_wake;
+    struct etf_attrib attrib; /* the sampler's alone: no lock */
 
     struct etf_sched_stats stats;
 };
@@ -192,7 +231,9 @@ static void task_free(struct etf_sched *s, struct task *t)
 static double entity_power(const struct entity *e)
 {
     double p;
-    if (e->has_run && e->avg_time_ns > 0)
+    if (e->has_measured)
+        p = e->measured_mw;
+    else if (e->has_run && e->avg_time_ns > 0)
         p = e->avg_energy_nj / e->avg_time_ns * 1e3; /* nJ/ns = W */
     else if (e->powered_models)
         p = e->profile_power_sum / (double)e->powered_models;
@@ -379,6 +420,13 @@ int etf_sched_step(struct etf_sched *s, bool *ran)
     e->slice_ns = current_slice(s, e);
     s->stats.turns++;
     *ran = true;
+    uint64_t turn_start = 0, turn_energy = 0;
+    if (s->measuring) {
+        turn_start = now_ns(s);
+        turn_energy = e->energy_nj;
+        s->turn_start_ns = turn_start;
+        s->turn_open = true;
+    }
 
     uint64_t used = 0;
     while (e->head && (double)used < e->slice_ns) {
@@ -418,6 +466,17 @@ int etf_sched_step(struct etf_sched *s, bool *ran)
         used += run.busy_ns;
         if (++t->next_kernel == m->n_kernels)
             finish_head(s, e, 0, now_ns(s));
+    }
+    if (s->measuring) {
+        if (used > 0) {
+            struct etf_ledger_entry le = {.eid = e->eid,
+                                          .start_ns = turn_start,
+                                          .end_ns = now_ns(s),
+                                          .busy_ns = used,
+                                          .model_nj = e->energy_nj - turn_energy};
+            etf__ledger_append(&s->ledger, &le);
+        }
+        s->turn_open = false;
     }
     end_turn(s, e, used);
     unlock(s);
@@ -507,6 +566,156 @@ int etf_sched_stop(struct etf_sched *s, uint64_t drain_ns)
     return 0;
 }
 
+/* ---- Measured energy: the sampler ---- */
+
+/* Credits one attributed interval to the entities (by id: one deleted since is skipped, its
+ * share staying in the scheduler's total) and, for each whose window of measurement is
+ * full, folds the window's power into its measured power and re-keys it in the allocation.
+ * Called with the lock held. */
+static void apply_interval(struct etf_sched *s, const struct etf_attrib_result *r)
+{
+    s->stats.measured_energy_nj += r->energy_nj;
+    s->stats.idle_energy_nj += r->idle_nj;
+    for (size_t i = 0; i < r->n_shares; i++) {
+        const struct etf_attrib_share *sh = &r->shares[i];
+        struct entity *e = etf__idmap_get(&s->entities, sh->eid);
+        if (!e)
+            continue;
+        e->measured_nj += sh->energy_nj;
+        e->measured_ns += sh->busy_ns;
+        e->window_nj += sh->energy_nj;
+        e->window_ns += sh->busy_ns;
+        if (e->window_ns < s->window_ns)
+            continue;
+        double p = (double)e->window_nj / (double)e->window_ns * 1e3; /* nJ/ns = W */
+        e->measured_mw =
+            e->has_measured ? e->measured_mw + MEASURED_ALPHA * (p - e->measured_mw) : p;
+        e->has_measured = true;
+        e->window_nj = 0;
+        e->window_ns = 0;
+        double power = entity_power(e);
+        if (e->runnable &&
+            fabs(power - e->share.power_mw) > POWER_REALLOC_THRESHOLD * e->share.power_mw)
+            reshare(s, e, e->share.weight, power);
+    }
+}
+
+/* One round of the sampler: read the meter (no lock: it may take milliseconds), take the
+ * ledger (lock, briefly), split what is complete (no lock), credit it (lock, briefly). */
+static int sample_once(struct etf_sched *s)
+{
+    uint64_t energy_uj = 0, at_host = 0;
+    int rc = s->meter->ops->read_energy(s->meter, &energy_uj, &at_host);
+
+    lock(s);
+    /* The meter stamps its readings on the host's clock, the ledger is on the scheduler's:
+     * the time elapsed since the reading carries one onto the other, whatever the origin of
+     * the scheduler's clock (both read back to back, after any wait for the lock). */
+    uint64_t host = etf_host_ns();
+    uint64_t now = now_ns(s);
+    uint64_t lag = rc == 0 && at_host < host ? host - at_host : 0;
+    uint64_t at = now > lag ? now - lag : 0;
+    /* A running turn is not in the ledger yet: nothing after its start can be split. */
+    uint64_t complete = s->turn_open ? s->turn_start_ns : now;
+    etf__attrib_pull(&s->attrib, &s->ledger);
+    if (rc == 0)
+        s->stats.meter_samples++;
+    else
+        s->stats.meter_errors++;
+    s->stats.ledger_dropped = s->ledger.dropped + s->attrib.dropped;
+    unlock(s);
+
+    if (rc == 0)
+        etf__attrib_reading(&s->attrib, energy_uj * 1000u, at);
+    struct etf_attrib_result r;
+    while (etf__attrib_next(&s->attrib, complete, &r)) {
+        lock(s);
+        apply_interval(s, &r);
+        s->stats.idle_power_mw = s->attrib.idle_known ? s->attrib.idle_mw : 0;
+        unlock(s);
+    }
+    return rc;
+}
+
+static void *sampler_main(void *arg)
+{
+    struct etf_sched *s = arg;
+    lock(s);
+    while (!s->sampler_stop) {
+        unlock(s);
+        /* A failed read is counted (meter_errors) and the next one tried: a meter that
+         * hiccups must not stop the attribution. */
+        sample_once(s);
+        lock(s);
+        struct timespec deadline;
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        uint64_t ns = (uint64_t)deadline.tv_nsec + s->sample_ns % 1000000000u;
+        deadline.tv_sec += (time_t)(s->sample_ns / 1000000000u + ns / 1000000000u);
+        deadline.tv_nsec = (long)(ns % 1000000000u);
+        while (!s->sampler_stop) {
+            if (pthread_cond_timedwait(&s->sampler_wake, &s->lock, &deadline) == ETIMEDOUT)
+                break;
+        }
+    }
+    unlock(s);
+    return NULL;
+}
+
+int etf__sched_sample(struct etf_sched *s)
+{
+    if (!s->measuring)
+        return ETF_ENOTSUP;
+    lock(s);
+    bool threaded = s->sampler_started;
+    unlock(s);
+    /* The attribution state belongs to one sampler: a thread, or the caller. */
+    return threaded ? ETF_EBUSY : sample_once(s);
+}
+
+/* Sets up the ledger and starts the sampler, for a meter that measures. */
+static int measure_start(struct etf_sched *s, const struct etf_sched_config *cfg,
+                         struct etf_diag *diag)
+{
+    bool manual = cfg->meter_sample_ns == ETF_METER_SAMPLE_MANUAL;
+    struct etf_vclock probe = {0};
+    if (!manual && cfg->clock && cfg->clock->now == etf_vclock_as_clock(&probe).now)
+        return etf_diagf(diag, ETF_EINVAL,
+                         "meter '%s' measures in real time, which a virtual clock cannot be "
+                         "matched with (and a sampler thread cannot read it): use the model "
+                         "meter for simulations",
+                         etf_meter_name(cfg->meter));
+    size_t turns = cfg->ledger_turns ? cfg->ledger_turns : DEFAULT_LEDGER_TURNS;
+    if (turns > SIZE_MAX / 4 / sizeof(struct etf_ledger_entry))
+        return etf_diagf(diag, ETF_EINVAL, "ledger_turns %zu is too large", turns);
+    s->sample_ns = cfg->meter_sample_ns ? cfg->meter_sample_ns : DEFAULT_SAMPLE_NS;
+    s->window_ns = cfg->meter_window_ns ? cfg->meter_window_ns : DEFAULT_WINDOW_NS;
+    /* The sampler keeps the entries since the latest boundary: up to a counter step
+     * (~100 ms) behind, several samples' worth of the ring. */
+    if (etf__ledger_init(&s->ledger, turns) || etf__attrib_init(&s->attrib, 2 * turns))
+        return etf_diagf(diag, ETF_ENOMEM, "scheduler: no memory for a ledger of %zu turns", turns);
+    s->measuring = true;
+    if (manual)
+        return 0;
+    if (pthread_create(&s->sampler, NULL, sampler_main, s))
+        return etf_diagf(diag, ETF_ENOMEM, "scheduler: cannot start the meter's sampler thread");
+    s->sampler_started = true;
+    return 0;
+}
+
+static void measure_stop(struct etf_sched *s)
+{
+    lock(s);
+    bool joining = s->sampler_started;
+    s->sampler_stop = true;
+    pthread_cond_broadcast(&s->sampler_wake);
+    unlock(s);
+    if (joining)
+        pthread_join(s->sampler, NULL);
+    s->sampler_started = false;
+    etf__ledger_fini(&s->ledger);
+    etf__attrib_fini(&s->attrib);
+}
+
 /* ---- Life cycle ---- */
 
 int etf_sched_create(const struct etf_sched_config *cfg, struct etf_sched **out,
@@ -533,6 +742,8 @@ int etf_sched_create(const struct etf_sched_config *cfg, struct etf_sched **out,
         goto fail_attr;
     if (pthread_cond_init(&s->idle, &attr))
         goto fail_work;
+    if (pthread_cond_init(&s->sampler_wake, &attr))
+        goto fail_idle;
     pthread_condattr_destroy(&attr);
 
     s->clock = cfg->clock ? *cfg->clock : etf_monotonic_clock;
@@ -553,9 +764,18 @@ int etf_sched_create(const struct etf_sched_config *cfg, struct etf_sched **out,
     etf__rq_init(&s->rq);
     etf__share_init(&s->shares);
     s->accepting = true;
+    if (etf__meter_measures(s->meter)) {
+        rc = measure_start(s, cfg, diag);
+        if (rc) {
+            etf_sched_destroy(s);
+            return rc;
+        }
+    }
     *out = s;
     return 0;
 
+fail_idle:
+    pthread_cond_destroy(&s->idle);
 fail_work:
     pthread_cond_destroy(&s->work);
 fail_attr:
@@ -587,6 +807,7 @@ void etf_sched_destroy(struct etf_sched *s)
 {
     if (!s)
         return;
+    measure_stop(s);
     etf_sched_stop(s, 0);
     for (size_t i = 0; i < s->models.n; i++) {
         struct model *m = etf__idmap_slot(&s->models, i);
@@ -603,6 +824,7 @@ void etf_sched_destroy(struct etf_sched *s)
     etf__idmap_fini(&s->models);
     etf__idmap_fini(&s->entities);
     etf__rq_fini(&s->rq);
+    pthread_cond_destroy(&s->sampler_wake);
     pthread_cond_destroy(&s->idle);
     pthread_cond_destroy(&s->work);
     pthread_mutex_destroy(&s->lock);
@@ -902,6 +1124,8 @@ int etf_entity_stats(struct etf_sched *s, uint64_t eid, struct etf_entity_stats 
             .slice_ns = e->runnable && !e->on_cpu ? next_slice(s, e) : e->slice_ns,
             .vruntime = e->rq.vruntime,
             .power_mw = e->runnable ? e->share.power_mw : entity_power(e),
+            .measured_energy_nj = e->measured_nj,
+            .measured_time_ns = e->measured_ns,
         };
     }
     unlock(s);
