@@ -5,6 +5,7 @@
 #include "etf/sim.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,8 +42,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 abort();
         for (size_t m = 0; m < t->n_models; m++) {
             const struct etf_scenario_model *md = &t->models[m];
-            if (md->freq_hz == 0 || md->profile != SIZE_MAX || !md->profile_path ||
-                !md->profile_path[0])
+            /* A model names a profile or an ONNX file (or both); the frequency may be left
+             * to the device (0). */
+            bool has_profile = md->profile_path && md->profile_path[0];
+            bool has_onnx = md->onnx_path && md->onnx_path[0];
+            if (md->profile != SIZE_MAX || !(has_profile || has_onnx) || md->batch > 4096 ||
+                (md->batch && !has_onnx))
                 abort();
             if (md->load == ETF_SIM_LOAD_CLOSED
                     ? md->closed < 1 || md->closed > ETF_SCENARIO_MAX_CLOSED
