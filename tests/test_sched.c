@@ -340,6 +340,27 @@ static void entity_deleted_from_on_done_is_gone(void **state)
     fx_free(fx);
 }
 
+/* At phi = 0 slices go as 1 / power. A tenant whose power is unknown (no power figures,
+ * nothing measured) must count at the power typical of the others, not at a constant that
+ * can be orders of magnitude off and starve whoever is known. */
+static void unknown_power_counts_at_the_typical_power(void **state)
+{
+    struct fixture *fx = fx_new(0, 10 * MS);
+    uint64_t known = fx_entity(fx, 0), unknown = fx_entity(fx, 0);
+    uint64_t mk = fx_model(fx, known, prof_uniform("hot", 4, GHZ, 100, 400000), GHZ);
+    uint64_t mu = fx_model(fx, unknown, prof_uniform("nopower", 4, GHZ, 100, 0), GHZ);
+    fx->resubmit = true;
+    fx->keep_records = false;
+    backlog(fx, mk, 2);
+    backlog(fx, mu, 2);
+    for (int i = 0; i < 50; i++)
+        fx_step(fx);
+    struct etf_entity_stats k = fx_estats(fx, known), u = fx_estats(fx, unknown);
+    assert_near(u.power_mw, k.power_mw, 0.05 * k.power_mw, "the unknown tenant's power");
+    assert_near(u.slice_ns, k.slice_ns, 0.05 * k.slice_ns, "the unknown tenant's slice");
+    fx_free(fx);
+}
+
 static void model_needs_a_profile_or_a_plan(void **state)
 {
     struct fixture *fx = fx_new(1, 10 * MS);
@@ -1414,6 +1435,7 @@ int main(void)
         cmocka_unit_test(model_frequency_outside_profile_is_einval_naming_it),
         cmocka_unit_test(model_without_power_runs_and_charges_no_energy),
         cmocka_unit_test(model_needs_a_profile_or_a_plan),
+        cmocka_unit_test(unknown_power_counts_at_the_typical_power),
         cmocka_unit_test(entity_deleted_from_on_done_is_gone),
         cmocka_unit_test(model_default_frequency_is_current_if_covered_else_highest),
         cmocka_unit_test(model_stats_report_name_owner_frequency_and_totals),

@@ -175,6 +175,10 @@ struct etf_sim_result {
                        * time charged: the scheduler's own) */
     double sched_ns_per_dispatch; /* host_ns / dispatches; not reproducible */
     double jain_time, jain_energy;
+    /* The meter measured energy: tenants' energy_nj is what the meter measured and the
+     * ledger attributed to them, and idle_energy_nj the rest. Otherwise energy is modelled. */
+    bool measured;
+    uint64_t idle_energy_nj;
     size_t n_tenants;
     struct etf_sim_tenant_result *tenants;
     size_t n_tasks; /* in completion order */

@@ -40,13 +40,17 @@
 #include <string.h>
 #include <time.h>
 
-/* Power assumed for an entity whose models have no power figures and which has not run
- * yet (only with a measuring meter): a neutral value that the first measurement replaces. */
+/* Power assumed for entities of unknown power until the power of any tenant is known (see
+ * entity_power and note_typical_power). */
 #define DEFAULT_POWER_MW 1000.0
 /* No entity's power is taken below this, so that a zero-power profile cannot divide by 0. */
 #define MIN_POWER_MW 1e-3
 /* A measured power that moved by more than this fraction triggers a new allocation. */
 #define POWER_REALLOC_THRESHOLD 0.01
+/* The typical power follows new estimates with this weight, and entities of unknown power
+ * are re-keyed when it moves by more than TYPICAL_RESHARE. */
+#define TYPICAL_ALPHA 0.2
+#define TYPICAL_RESHARE 0.2
 #define TASKS_PER_CHUNK 256
 /* Measured energy: defaults of the configuration (sched.h). */
 #define DEFAULT_SAMPLE_NS 20000000ull
@@ -145,6 +149,10 @@ struct etf_sched {
     struct etf_share_level level; /* of the latest allocation */
     bool alloc_dirty;
     double min_vruntime;
+    /* The power typical of this device's tenants (an average of their estimates), and the
+     * value entities of unknown power are counted at (see entity_power). */
+    double typical_power_mw, typical_in_use;
+    bool typical_known;
 
     struct task *free_tasks;
     struct task_chunk *chunks;
@@ -228,17 +236,27 @@ static void task_free(struct etf_sched *s, struct task *t)
 
 /* ---- Runnable set and allocation ---- */
 
-static double entity_power(const struct entity *e)
+/* Whether anything is known about the entity's power: a measurement, modelled energy of
+ * what it ran (its models have power figures), or its models' profiles. */
+static bool power_known(const struct entity *e)
+{
+    return e->has_measured || (e->has_run && e->avg_energy_nj > 0) || e->powered_models;
+}
+
+static double entity_power(const struct etf_sched *s, const struct entity *e)
 {
     double p;
     if (e->has_measured)
         p = e->measured_mw;
-    else if (e->has_run && e->avg_time_ns > 0)
+    else if (e->has_run && e->avg_energy_nj > 0 && e->avg_time_ns > 0)
         p = e->avg_energy_nj / e->avg_time_ns * 1e3; /* nJ/ns = W */
     else if (e->powered_models)
         p = e->profile_power_sum / (double)e->powered_models;
     else
-        p = DEFAULT_POWER_MW;
+        /* Nothing known: count it at the power typical of the others, not at an arbitrary
+         * constant that may be orders of magnitude off (1 W against a GPU's 400 W gave
+         * the others slices far shorter than one kernel, and a debt of many rounds). */
+        p = s->typical_power_mw;
     return p > MIN_POWER_MW ? p : MIN_POWER_MW;
 }
 
@@ -283,7 +301,7 @@ static void join(struct etf_sched *s, struct entity *e)
         e->rq.vruntime = s->min_vruntime;
     etf__rq_push(&s->rq, &e->rq); /* room reserved at entity creation */
     e->share.weight = e->weight;
-    e->share.power_mw = entity_power(e);
+    e->share.power_mw = entity_power(s, e);
     etf__share_insert(&s->shares, &e->share);
     s->alloc_dirty = true;
     pthread_cond_signal(&s->work);
@@ -298,6 +316,25 @@ static void leave(struct etf_sched *s, struct entity *e)
     s->alloc_dirty = true;
 }
 
+/* Learns the power typical of this device's tenants from a new estimate of one of them.
+ * When it has moved far from what the entities of unknown power were counted at, they are
+ * re-keyed: rare (a few times while the first estimates come in), so O(n) is fine. */
+static void note_typical_power(struct etf_sched *s, double power_mw)
+{
+    s->typical_power_mw = s->typical_known
+                              ? s->typical_power_mw + TYPICAL_ALPHA * (power_mw - s->typical_power_mw)
+                              : power_mw;
+    s->typical_known = true;
+    if (fabs(s->typical_power_mw - s->typical_in_use) <= TYPICAL_RESHARE * s->typical_in_use)
+        return;
+    s->typical_in_use = s->typical_power_mw;
+    for (size_t i = 0; i < s->entities.n; i++) {
+        struct entity *e = etf__idmap_slot(&s->entities, i);
+        if (e && e->runnable && !power_known(e))
+            reshare(s, e, e->share.weight, entity_power(s, e));
+    }
+}
+
 static void note_power(struct etf_sched *s, struct entity *e, const struct task *t)
 {
     if (t->service_ns == 0)
@@ -310,10 +347,12 @@ static void note_power(struct etf_sched *s, struct entity *e, const struct task 
         e->avg_energy_nj += s->power_alpha * ((double)t->energy_nj - e->avg_energy_nj);
         e->avg_time_ns += s->power_alpha * ((double)t->service_ns - e->avg_time_ns);
     }
-    double power = entity_power(e);
+    double power = entity_power(s, e);
     if (e->runnable &&
         fabs(power - e->share.power_mw) > POWER_REALLOC_THRESHOLD * e->share.power_mw)
         reshare(s, e, e->share.weight, power);
+    if (t->energy_nj > 0)
+        note_typical_power(s, power);
 }
 
 /* ---- Task completion ---- */
@@ -591,9 +630,10 @@ static void apply_interval(struct etf_sched *s, const struct etf_attrib_result *
         e->measured_mw =
             e->has_measured ? e->measured_mw + MEASURED_ALPHA * (p - e->measured_mw) : p;
         e->has_measured = true;
+        note_typical_power(s, e->measured_mw);
         e->window_nj = 0;
         e->window_ns = 0;
-        double power = entity_power(e);
+        double power = entity_power(s, e);
         if (e->runnable &&
             fabs(power - e->share.power_mw) > POWER_REALLOC_THRESHOLD * e->share.power_mw)
             reshare(s, e, e->share.weight, power);
@@ -763,6 +803,7 @@ int etf_sched_create(const struct etf_sched_config *cfg, struct etf_sched **out,
     etf__idmap_init(&s->models);
     etf__rq_init(&s->rq);
     etf__share_init(&s->shares);
+    s->typical_power_mw = s->typical_in_use = DEFAULT_POWER_MW;
     s->accepting = true;
     if (etf__meter_measures(s->meter)) {
         rc = measure_start(s, cfg, diag);
@@ -1123,7 +1164,7 @@ int etf_entity_stats(struct etf_sched *s, uint64_t eid, struct etf_entity_stats 
             .energy_nj = e->energy_nj,
             .slice_ns = e->runnable && !e->on_cpu ? next_slice(s, e) : e->slice_ns,
             .vruntime = e->rq.vruntime,
-            .power_mw = e->runnable ? e->share.power_mw : entity_power(e),
+            .power_mw = e->runnable ? e->share.power_mw : entity_power(s, e),
             .measured_energy_nj = e->measured_nj,
             .measured_time_ns = e->measured_ns,
         };

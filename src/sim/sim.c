@@ -640,6 +640,10 @@ static int compute_result(struct etf_sim *sim, uint64_t host_ns, struct etf_diag
     r->n_tasks = sim->n_tasks;
     r->tasks = sim->tasks;
 
+    /* With a measuring meter the energy is what the meter measured and the ledger
+     * attributed to each tenant; otherwise the modelled energy (time x profiled power). */
+    r->measured = ss.meter_samples > 0;
+    r->idle_energy_nj = ss.idle_energy_nj;
     uint64_t total_time = 0, total_energy = 0;
     for (size_t i = 0; i < n; i++) {
         struct etf_sim_tenant_result *t = &r->tenants[i];
@@ -656,13 +660,13 @@ static int compute_result(struct etf_sim *sim, uint64_t host_ns, struct etf_diag
         t->submitted = sim->tenants[i].submitted;
         t->rejected = sim->tenants[i].rejected;
         t->time_ns = es.time_ns;
-        t->energy_nj = es.energy_nj;
+        t->energy_nj = r->measured ? es.measured_energy_nj : es.energy_nj;
         t->slice_ns = sim->realtime ? sim->tenants[i].slice_ns : es.slice_ns;
         /* The slices of one allocation sum to Q, so slice / Q is the tenant's share of the
          * sum of the slices of the tenants runnable at its latest allocation. */
         t->alloc_share = t->slice_ns / ((double)sc->quantum_us * 1000.0);
         total_time += es.time_ns;
-        total_energy += es.energy_nj;
+        total_energy += t->energy_nj;
     }
     for (size_t i = 0; i < n; i++) {
         struct etf_sim_tenant_result *t = &r->tenants[i];
@@ -855,8 +859,11 @@ int etf_sim_report_json(const struct etf_sim *sim, unsigned flags, char **out,
         bprintf(&b, "  \"sched_ns_per_dispatch\": %.1f,\n", r->sched_ns_per_dispatch);
     else
         bprintf(&b, "  \"sched_ns_per_dispatch\": null,\n");
-    bprintf(&b, "  \"jain_time\": %.6f,\n  \"jain_energy\": %.6f,\n  \"tenants\": [", r->jain_time,
-            r->jain_energy);
+    bprintf(&b, "  \"energy\": \"%s\",\n  \"idle_energy_uj\": ",
+            r->measured ? "measured" : "modelled");
+    put_micro(&b, r->idle_energy_nj);
+    bprintf(&b, ",\n  \"jain_time\": %.6f,\n  \"jain_energy\": %.6f,\n  \"tenants\": [",
+            r->jain_time, r->jain_energy);
     for (size_t i = 0; i < r->n_tenants; i++) {
         const struct etf_sim_tenant_result *t = &r->tenants[i];
         bprintf(&b, "%s\n    {\"name\": ", i ? "," : "");
@@ -957,6 +964,11 @@ int etf_sim_print_summary(const struct etf_sim *sim, FILE *f, struct etf_diag *d
             sim->realtime ? "real time" : "simulated", (double)r->duration_ns / 1e9, r->dispatches,
             r->freq_switches);
     fprintf(f, "Jain index: time %.4f, energy %.4f\n", r->jain_time, r->jain_energy);
+    if (r->measured)
+        fprintf(f, "energy: measured by the %s meter and attributed by the ledger; idle %.3f J\n",
+                etf_meter_name(sim->meter), (double)r->idle_energy_nj / 1e9);
+    else
+        fprintf(f, "energy: modelled (kernel time x profiled power)\n");
     fprintf(f, "scheduler: %.1f ns per dispatch (host time)\n", r->sched_ns_per_dispatch);
     if (fflush(f) != 0 || ferror(f))
         return etf_diagf(diag, ETF_EIO, "cannot write the summary");
