@@ -1812,7 +1812,9 @@ static int entity_stats_msg(struct etf_service *svc, uint64_t eid, const uint64_
     e->tasks_done = es.tasks_done;
     e->tasks_queued = es.tasks_queued;
     e->time_us = es.time_ns / 1000u;
-    e->energy_uj = (double)es.energy_nj / 1000.0;
+    /* What the meter measured and the ledger attributed, where a meter measures; the
+     * modelled energy otherwise. */
+    e->energy_uj = (double)(es.measured_energy_nj ? es.measured_energy_nj : es.energy_nj) / 1000.0;
     e->slice_us = es.slice_ns / 1000.0;
     e->power_mw = es.power_mw;
     size_t n = 0;
@@ -1903,7 +1905,7 @@ int etf_service_get_stats(struct etf_service *svc, const Efair__Rpc__GetStatsReq
     r->quantum_us = svc->quantum_ns / 1000u;
     r->dispatches = ss.dispatches;
     r->busy_us = ss.busy_ns / 1000u;
-    r->energy_uj = (double)ss.energy_nj / 1000.0;
+    r->energy_uj = (double)(ss.measured_energy_nj ? ss.measured_energy_nj : ss.energy_nj) / 1000.0;
     if (!(r->device = strdup(info.device)) || !(r->meter = strdup(info.meter)) ||
         !(r->freq = strdup(info.freq))) {
         rc = etf_diagf(diag, ETF_ENOMEM, "out of memory");
