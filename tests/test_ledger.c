@@ -523,6 +523,9 @@ static void live_measuring_session(void **state)
         model = ETF_SOURCE_DIR "/models/resnet18/model.onnx";
     if (!device)
         device = "cuda";
+    const char *q = getenv("ETF_LIVE_QUANTUM_MS");
+    uint64_t quantum_ms = q ? strtoull(q, NULL, 10) : 200;
+    assert_true(quantum_ms > 0);
     struct etf_diag diag = {{0}};
     struct fixture *fx = calloc(1, sizeof *fx);
     assert_non_null(fx);
@@ -532,10 +535,11 @@ static void live_measuring_session(void **state)
         fail_msg("device %s: %s", device, diag.msg);
     if (etf_meter_open("nvml", NULL, &fx->meter, &diag))
         fail_msg("meter nvml: %s", diag.msg);
-    /* Time-fair with 100 ms turns: a turn is about one step of the H100's counter, so most
-     * steps hold one tenant and the measured powers come apart. */
+    /* Time-fair: each tenant's turn is half the quantum ($ETF_LIVE_QUANTUM_MS, default 200).
+     * Turns much longer than a step of the counter (~100 ms on the H100) leave most steps to
+     * one tenant, and the measured powers come apart; shorter ones mix them. */
     struct etf_sched_config sc = {
-        .quantum_ns = 200 * MS,
+        .quantum_ns = quantum_ms * MS,
         .phi = 1,
         .device = fx->dev,
         .meter = fx->meter,
@@ -571,9 +575,10 @@ static void live_measuring_session(void **state)
     struct etf_entity_stats st[2] = {fx_estats(fx, eids[0]), fx_estats(fx, eids[1])};
     struct etf_sched_stats ss = fx_sstats(fx);
     double secs = (double)(etf_host_ns() - t0) / 1e9;
-    printf("live session on %s, %.1f s: measured %.3f J (%.1f W mean), idle %.3f J, idle power "
+    printf("live session on %s, Q %" PRIu64
+           " ms, %.1f s: measured %.3f J (%.1f W mean), idle %.3f J, idle power "
            "%.1f W; %" PRIu64 " samples, %" PRIu64 " errors, %" PRIu64 " turns dropped\n",
-           device, secs, (double)ss.measured_energy_nj / 1e9,
+           device, quantum_ms, secs, (double)ss.measured_energy_nj / 1e9,
            (double)ss.measured_energy_nj / 1e9 / secs, (double)ss.idle_energy_nj / 1e9,
            ss.idle_power_mw / 1e3, ss.meter_samples, ss.meter_errors, ss.ledger_dropped);
     for (int i = 0; i < 2; i++)

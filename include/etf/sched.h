@@ -294,6 +294,7 @@ struct etf_sched_stats {
     uint64_t turns;       /* entity picks */
     uint64_t allocations; /* slice recomputations */
     uint64_t freq_switches;
+    uint64_t freq_errors; /* switches that failed (the controller's last_error says why) */
     uint64_t busy_ns;   /* device time charged to tasks */
     uint64_t energy_nj; /* energy charged to tasks */
     size_t entities, runnable, models, tasks_queued;

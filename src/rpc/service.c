@@ -1739,9 +1739,15 @@ static void on_task_done(void *arg, const struct etf_task_record *rec)
     if (err == ETF_ESHUTDOWN)
         etf_diagf(&diag, err, "the server is shutting down: task %" PRIu64 " did not run",
                   rec->tid);
-    else if (err)
-        etf_diagf(&diag, err, "task %" PRIu64 " failed on the device: %s", rec->tid,
-                  etf_strerror(err));
+    else if (err) {
+        /* on_done runs on the dispatching thread, the one that switches clocks: the
+         * controller's last error is the reason if a switch failed. */
+        const char *why = etf_freq_last_error(svc->freq);
+        etf_diagf(&diag, err, "task %" PRIu64 " failed on the device: %s%s%s", rec->tid,
+                  etf_strerror(err), why && why[0] ? ": " : "", why ? why : "");
+        if (why && why[0])
+            fprintf(stderr, "etfd: task %" PRIu64 ": %s\n", rec->tid, why);
+    }
     else if (!(resp = infer_response(t, rec)))
         err = etf_diagf(&diag, ETF_ENOMEM, "task %" PRIu64 " ran, but its answer is out of memory",
                         rec->tid);

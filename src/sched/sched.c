@@ -116,7 +116,7 @@ struct model {
     bool has_power;  /* the profile gives power figures; without them no energy is charged */
     double power_mw; /* model-level profiled power at freq_hz; 0 when unknown */
     size_t n_kernels;
-    double *kernel_mw; /* per-kernel profiled power at freq_hz; 0 when unknown */
+    double *kernel_mw;                 /* per-kernel profiled power at freq_hz; 0 when unknown */
     uint64_t *kernel_ns, *kernel_runs; /* per-kernel device time charged, and runs */
     struct etf_dmodel *dm;
     size_t queued;
@@ -321,9 +321,9 @@ static void leave(struct etf_sched *s, struct entity *e)
  * re-keyed: rare (a few times while the first estimates come in), so O(n) is fine. */
 static void note_typical_power(struct etf_sched *s, double power_mw)
 {
-    s->typical_power_mw = s->typical_known
-                              ? s->typical_power_mw + TYPICAL_ALPHA * (power_mw - s->typical_power_mw)
-                              : power_mw;
+    s->typical_power_mw =
+        s->typical_known ? s->typical_power_mw + TYPICAL_ALPHA * (power_mw - s->typical_power_mw)
+                         : power_mw;
     s->typical_known = true;
     if (fabs(s->typical_power_mw - s->typical_in_use) <= TYPICAL_RESHARE * s->typical_in_use)
         return;
@@ -493,6 +493,12 @@ int etf_sched_step(struct etf_sched *s, bool *ran)
         if (switched) {
             s->cur_hz = m->freq_hz;
             s->stats.freq_switches++;
+        } else if (switching) {
+            /* A failed switch may have left the clock anywhere (devfreq pins min and max
+             * before cur_freq is found not to follow): the next kernel must switch again,
+             * whatever its frequency. */
+            s->cur_hz = 0;
+            s->stats.freq_errors++;
         }
         if (krc) {
             /* The task cannot run; end the turn so that a client resubmitting from on_done
@@ -931,8 +937,7 @@ static struct entity *find_entity(struct etf_sched *s, uint64_t eid, struct etf_
     return e;
 }
 
-int etf_entity_set_priority(struct etf_sched *s, uint64_t eid, int64_t nice,
-                            struct etf_diag *diag)
+int etf_entity_set_priority(struct etf_sched *s, uint64_t eid, int64_t nice, struct etf_diag *diag)
 {
     int rc = check_nice(nice, diag);
     if (rc)
@@ -975,9 +980,7 @@ static int model_prepare(const struct etf_model_spec *spec, uint64_t cur_hz, str
                          struct etf_diag *diag)
 {
     const struct etf_profile *p = spec->profile;
-    const char *name = spec->name      ? spec->name
-                       : p             ? p->model_name
-                                       : etf_plan_name(spec->plan);
+    const char *name = spec->name ? spec->name : p ? p->model_name : etf_plan_name(spec->plan);
     size_t n_kernels = p ? p->n_kernels : etf_plan_kernel_count(spec->plan);
     if (p && spec->plan && etf_plan_kernel_count(spec->plan) != n_kernels)
         return etf_diagf(diag, ETF_EINVAL,
