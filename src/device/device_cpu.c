@@ -42,6 +42,7 @@
  * primitive creation; each load reorders its constants on a stream of its own); the device
  * stream is used by launch only, which the dispatcher calls from one thread.
  */
+#include "device/arena.h"
 #include "device/device.h"
 #include "model/plan.h"
 
@@ -129,11 +130,6 @@ struct cpu_val {
     size_t last; /* last kernel that reads the storage (n_kernels for model outputs) */
 };
 
-struct cpu_block {
-    size_t bytes, offset;
-    size_t first, last;
-};
-
 struct build {
     struct cpu_device *dev;
     const struct etf_plan *plan;
@@ -141,7 +137,7 @@ struct build {
     struct etf_diag *diag;
     dnnl_stream_t stream; /* this load's own stream, for constant reorders */
     struct cpu_val *vals;
-    struct cpu_block *blocks;
+    struct etf_arena_block *blocks;
     size_t n_blocks, cap_blocks;
     size_t k; /* the kernel being built */
     const struct etf_kernel *kn;
@@ -487,20 +483,7 @@ static int operand_md(struct build *b, int v, int nd, const dnnl_dim_t *dims,
 
 static int block_new(struct build *b, size_t bytes, size_t first, size_t last)
 {
-    if (b->n_blocks == b->cap_blocks) {
-        size_t cap = b->cap_blocks ? 2 * b->cap_blocks : 64;
-        struct cpu_block *nb = realloc(b->blocks, cap * sizeof *nb);
-        if (!nb)
-            return -1;
-        b->blocks = nb;
-        b->cap_blocks = cap;
-    }
-    b->blocks[b->n_blocks] = (struct cpu_block){
-        .bytes = (bytes + CPU_ALIGN - 1) / CPU_ALIGN * CPU_ALIGN,
-        .first = first,
-        .last = last,
-    };
-    return (int)b->n_blocks++;
+    return etf__arena_add(&b->blocks, &b->n_blocks, &b->cap_blocks, CPU_ALIGN, bytes, first, last);
 }
 
 /* A block that lives while the current kernel runs only. */
@@ -509,60 +492,6 @@ static int temp_block(struct build *b, size_t bytes, int *block)
     *block = block_new(b, bytes, b->k, b->k);
     if (*block < 0)
         return kfail(b, ETF_ENOMEM, "out of memory");
-    return 0;
-}
-
-/* Offsets by greedy first fit, largest block first: a block goes at the lowest offset
- * where it overlaps no placed block that is live at the same time. */
-static int place_blocks(struct cpu_block *bl, size_t n, size_t *total)
-{
-    size_t *order = malloc((n ? n : 1) * sizeof *order);
-    size_t *conf = malloc((n ? n : 1) * sizeof *conf);
-    if (!order || !conf) {
-        free(order);
-        free(conf);
-        return ETF_ENOMEM;
-    }
-    /* Insertion sorts throughout: stable, and models have hundreds of blocks. */
-    for (size_t i = 0; i < n; i++) {
-        size_t j = i;
-        while (j > 0 && bl[order[j - 1]].bytes < bl[i].bytes) {
-            order[j] = order[j - 1];
-            j--;
-        }
-        order[j] = i;
-    }
-    size_t end = 0;
-    for (size_t oi = 0; oi < n; oi++) {
-        struct cpu_block *cur = &bl[order[oi]];
-        /* The blocks placed so far that are live at the same time, by offset. */
-        size_t n_conf = 0;
-        for (size_t pi = 0; pi < oi; pi++) {
-            const struct cpu_block *o = &bl[order[pi]];
-            if (o->first > cur->last || cur->first > o->last)
-                continue;
-            size_t j = n_conf++;
-            while (j > 0 && bl[conf[j - 1]].offset > o->offset) {
-                conf[j] = conf[j - 1];
-                j--;
-            }
-            conf[j] = order[pi];
-        }
-        size_t off = 0;
-        for (size_t c = 0; c < n_conf; c++) {
-            const struct cpu_block *o = &bl[conf[c]];
-            if (off + cur->bytes <= o->offset)
-                break;
-            if (o->offset + o->bytes > off)
-                off = o->offset + o->bytes;
-        }
-        cur->offset = off;
-        if (off + cur->bytes > end)
-            end = off + cur->bytes;
-    }
-    free(order);
-    free(conf);
-    *total = end;
     return 0;
 }
 
@@ -1936,7 +1865,7 @@ static int finalize(struct build *b)
     struct etf_dmodel *dm = b->dm;
     const struct etf_plan *p = b->plan;
     size_t total;
-    if (place_blocks(b->blocks, b->n_blocks, &total))
+    if (etf__arena_place(b->blocks, b->n_blocks, &total))
         return kfail(b, ETF_ENOMEM, "out of memory");
     dm->arena_bytes = total;
     dm->arena = aligned_alloc(CPU_ALIGN, total ? total : CPU_ALIGN);

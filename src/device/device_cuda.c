@@ -52,6 +52,7 @@
  * Environment: ETF_CUDA_DEVICE (GPU ordinal, default 0), ETF_CUDA_TF32=1 (allow TF32),
  * ETF_CUDA_FUSE=0 (never use cuDNN's fused convolution epilogue, for diagnosis).
  */
+#include "device/arena.h"
 #include "device/device.h"
 #include "device/cuda_kernels.h"
 #include "model/plan.h"
@@ -317,11 +318,6 @@ struct cuda_val {
     size_t const_off; /* constants: offset in the weights buffer; SIZE_MAX while unused */
 };
 
-struct cuda_block {
-    size_t bytes, offset;
-    size_t first, last;
-};
-
 enum patch_target { PATCH_BLOCK, PATCH_CONST, PATCH_ZEROS };
 
 /* A pointer that is known once the buffers exist: slot is a `float *` or `const float *`
@@ -348,7 +344,7 @@ struct build {
     struct errbuf err; /* a failed library call, reported with the kernel's name */
     struct exec_ctx cx;
     struct cuda_val *vals;
-    struct cuda_block *blocks;
+    struct etf_arena_block *blocks;
     size_t n_blocks, cap_blocks;
     struct patch *patches;
     size_t n_patches, cap_patches;
@@ -468,20 +464,7 @@ static bool env_flag(const char *name, bool dflt)
 
 static int block_new(struct build *b, size_t bytes, size_t first, size_t last)
 {
-    if (b->n_blocks == b->cap_blocks) {
-        size_t cap = b->cap_blocks ? 2 * b->cap_blocks : 64;
-        struct cuda_block *nb = realloc(b->blocks, cap * sizeof *nb);
-        if (!nb)
-            return -1;
-        b->blocks = nb;
-        b->cap_blocks = cap;
-    }
-    b->blocks[b->n_blocks] = (struct cuda_block){
-        .bytes = (bytes + CUDA_ALIGN - 1) / CUDA_ALIGN * CUDA_ALIGN,
-        .first = first,
-        .last = last,
-    };
-    return (int)b->n_blocks++;
+    return etf__arena_add(&b->blocks, &b->n_blocks, &b->cap_blocks, CUDA_ALIGN, bytes, first, last);
 }
 
 /* A block that lives while the current kernel runs only. */
@@ -490,58 +473,6 @@ static int temp_block(struct build *b, size_t bytes, int *block)
     *block = block_new(b, bytes, b->k, b->k);
     if (*block < 0)
         return kfail(b, ETF_ENOMEM, "out of memory");
-    return 0;
-}
-
-/* Offsets by greedy first fit, largest block first: a block goes at the lowest offset where
- * it overlaps no placed block that is live at the same time (as in the CPU device). */
-static int place_blocks(struct cuda_block *bl, size_t n, size_t *total)
-{
-    size_t *order = malloc((n ? n : 1) * sizeof *order);
-    size_t *conf = malloc((n ? n : 1) * sizeof *conf);
-    if (!order || !conf) {
-        free(order);
-        free(conf);
-        return ETF_ENOMEM;
-    }
-    for (size_t i = 0; i < n; i++) {
-        size_t j = i;
-        while (j > 0 && bl[order[j - 1]].bytes < bl[i].bytes) {
-            order[j] = order[j - 1];
-            j--;
-        }
-        order[j] = i;
-    }
-    size_t end = 0;
-    for (size_t oi = 0; oi < n; oi++) {
-        struct cuda_block *cur = &bl[order[oi]];
-        size_t n_conf = 0;
-        for (size_t pi = 0; pi < oi; pi++) {
-            const struct cuda_block *o = &bl[order[pi]];
-            if (o->first > cur->last || cur->first > o->last)
-                continue;
-            size_t j = n_conf++;
-            while (j > 0 && bl[conf[j - 1]].offset > o->offset) {
-                conf[j] = conf[j - 1];
-                j--;
-            }
-            conf[j] = order[pi];
-        }
-        size_t off = 0;
-        for (size_t c = 0; c < n_conf; c++) {
-            const struct cuda_block *o = &bl[conf[c]];
-            if (off + cur->bytes <= o->offset)
-                break;
-            if (o->offset + o->bytes > off)
-                off = o->offset + o->bytes;
-        }
-        cur->offset = off;
-        if (off + cur->bytes > end)
-            end = off + cur->bytes;
-    }
-    free(order);
-    free(conf);
-    *total = end;
     return 0;
 }
 
@@ -1766,7 +1697,7 @@ static int finalize(struct build *b)
     struct errbuf *e = &b->err;
     cudaStream_t s = b->cx.stream;
     size_t total;
-    if (place_blocks(b->blocks, b->n_blocks, &total))
+    if (etf__arena_place(b->blocks, b->n_blocks, &total))
         return kfail(b, ETF_ENOMEM, "out of memory");
     dm->arena_bytes = total;
     size_t zeros_off = b->const_bytes;
