@@ -361,6 +361,73 @@ static void unknown_power_counts_at_the_typical_power(void **state)
     fx_free(fx);
 }
 
+/* A controller whose switch to one frequency moves the clock but then fails, as devfreq
+ * does when min and max are pinned and cur_freq never follows. */
+struct flaky_freq {
+    struct etf_freq base;
+    uint64_t current, fail_hz;
+    unsigned sets;
+};
+
+static int flaky_set(struct etf_freq *f, uint64_t hz)
+{
+    struct flaky_freq *ff = (struct flaky_freq *)f;
+    ff->sets++;
+    ff->current = hz;
+    return hz == ff->fail_hz ? ETF_EDEVICE : 0;
+}
+
+static int flaky_get(struct etf_freq *f, uint64_t *hz)
+{
+    *hz = ((struct flaky_freq *)f)->current;
+    return 0;
+}
+
+static const struct etf_freq_ops flaky_ops = {
+    .name = "flaky", .caps = ETF_FREQ_CAP_SET, .set = flaky_set, .get = flaky_get};
+
+/* After a failed switch the clock is wherever the failure left it: a later kernel at the
+ * frequency the scheduler believed in force must switch again, not run at the wrong one. */
+static void failed_switch_forgets_the_clock(void **state)
+{
+    const uint64_t a = 500 * MHZ, b = GHZ;
+    struct flaky_freq ff = {.base = {.ops = &flaky_ops}, .current = a, .fail_hz = b};
+    struct etf_vclock vc = {0};
+    struct etf_clock clock = etf_vclock_as_clock(&vc);
+    struct etf_device_config dc = {.vclock = &vc};
+    struct etf_device *dev;
+    assert_int_equal(etf_device_open("sim", &dc, &dev, NULL), 0);
+    struct etf_sched_config cfg = {
+        .quantum_ns = 10 * MS, .phi = 1, .clock = &clock, .device = dev, .freq = &ff.base};
+    struct etf_sched *s;
+    assert_int_equal(etf_sched_create(&cfg, &s, NULL), 0);
+    uint64_t freqs[2] = {a, b};
+    double times[2] = {10, 10}, powers[2] = {1000, 1000};
+    uint64_t eid, m_b, m_a;
+    struct etf_model_spec spec_b = {.profile = prof_uniform_freqs("b", 2, 2, freqs, times, powers),
+                                    .freq_hz = b};
+    struct etf_model_spec spec_a = {.profile = prof_uniform_freqs("a", 2, 2, freqs, times, powers),
+                                    .freq_hz = a};
+    assert_int_equal(etf_entity_create(s, 0, &eid, NULL), 0);
+    assert_int_equal(etf_model_load(s, eid, &spec_b, &m_b, NULL), 0);
+    assert_int_equal(etf_model_load(s, eid, &spec_a, &m_a, NULL), 0);
+    assert_int_equal(etf_submit(s, &(struct etf_request){.mid = m_b}, NULL, NULL), 0);
+    assert_int_equal(etf_submit(s, &(struct etf_request){.mid = m_a}, NULL, NULL), 0);
+    bool ran = true;
+    for (int i = 0; i < 10 && ran; i++)
+        etf_sched_step(s, &ran);
+    assert_int_equal(ff.sets, 2);    /* to b (failed), then back to a */
+    assert_int_equal(ff.current, a); /* model a's kernels ran at a */
+    struct etf_sched_stats st;
+    etf_sched_stats(s, &st);
+    assert_int_equal(st.freq_errors, 1);
+    struct etf_model_stats ms;
+    assert_int_equal(etf_model_stats(s, m_a, &ms), 0);
+    assert_int_equal(ms.tasks_done, 1);
+    etf_sched_destroy(s);
+    etf_device_close(dev);
+}
+
 static void model_needs_a_profile_or_a_plan(void **state)
 {
     struct fixture *fx = fx_new(1, 10 * MS);
@@ -1435,6 +1502,7 @@ int main(void)
         cmocka_unit_test(model_frequency_outside_profile_is_einval_naming_it),
         cmocka_unit_test(model_without_power_runs_and_charges_no_energy),
         cmocka_unit_test(model_needs_a_profile_or_a_plan),
+        cmocka_unit_test(failed_switch_forgets_the_clock),
         cmocka_unit_test(unknown_power_counts_at_the_typical_power),
         cmocka_unit_test(entity_deleted_from_on_done_is_gone),
         cmocka_unit_test(model_default_frequency_is_current_if_covered_else_highest),
