@@ -258,12 +258,7 @@ static size_t dims_elems(int nd, const dnnl_dim_t *dims)
 
 static int storage_of(const struct etf_plan *plan, int v)
 {
-    for (size_t hops = 0; hops <= plan->n_values; hops++) {
-        if (plan->values[v].alias_of < 0)
-            return v;
-        v = plan->values[v].alias_of;
-    }
-    return -1; /* a cycle: rejected by check_plan */
+    return etf__plan_storage(plan, v);
 }
 
 static const struct etf_value *val(const struct build *b, int v)
@@ -1725,57 +1720,6 @@ static int build_pad(struct build *b)
 
 /* ---- Load ---- */
 
-/* Rejects plans whose ids or shapes would make this backend read out of bounds. */
-static int check_plan(struct build *b)
-{
-    const struct etf_plan *p = b->plan;
-    for (size_t v = 0; v < p->n_values; v++) {
-        const struct etf_value *x = &p->values[v];
-        if (x->alias_of < -1 || x->alias_of >= (int)p->n_values || storage_of(p, (int)v) < 0)
-            return kfail(b, ETF_EINVAL, "value %zu: bad alias_of %d", v, x->alias_of);
-        if (x->shape.ndim < 0 || x->shape.ndim > ETF_MAX_DIMS)
-            return kfail(b, ETF_EINVAL, "value %zu: %d dims", v, x->shape.ndim);
-        for (int i = 0; i < x->shape.ndim; i++)
-            if (x->shape.d[i] < 1)
-                return kfail(b, ETF_ENOTSUP, "value %zu: empty or negative dimension", v);
-        if (x->alias_of >= 0 &&
-            shape_elems(&x->shape) != shape_elems(&p->values[storage_of(p, (int)v)].shape))
-            return kfail(b, ETF_EINVAL, "value %zu: an alias of another size", v);
-        if (x->kind == ETF_VALUE_CONSTANT && x->alias_of < 0 && !x->data)
-            return kfail(b, ETF_EINVAL, "value %zu: a constant without data", v);
-    }
-#define BAD_ID(id) ((id) < 0 || (size_t)(id) >= p->n_values)
-    for (size_t k = 0; k < p->n_kernels; k++) {
-        const struct etf_kernel *kn = &p->kernels[k];
-        b->kn = kn;
-        if ((unsigned)kn->op > ETF_K_PAD)
-            return kfail(b, ETF_ENOTSUP, "unknown op %d", (int)kn->op);
-        if (kn->n_inputs < 0 || kn->n_inputs > ETF_MAX_KERNEL_INPUTS || kn->n_post < 0 ||
-            kn->n_post > ETF_MAX_POST_OPS || kn->n_extra_inputs < 0 ||
-            (kn->n_extra_inputs > 0 && !kn->extra_inputs) || BAD_ID(kn->output))
-            return kfail(b, ETF_EINVAL, "bad input, output or post-op counts");
-        const int *ins;
-        int n;
-        kernel_inputs(kn, &ins, &n);
-        for (int i = 0; i < n; i++)
-            if (BAD_ID(ins[i]))
-                return kfail(b, ETF_EINVAL, "input %d: bad value id %d", i, ins[i]);
-        for (int i = 0; i < kn->n_post; i++)
-            if (kn->post[i].kind != ETF_POST_ELTWISE && BAD_ID(kn->post[i].value))
-                return kfail(b, ETF_EINVAL, "post-op %d: bad value id %d", i, kn->post[i].value);
-    }
-    b->kn = NULL;
-    for (size_t i = 0; i < p->n_inputs; i++)
-        if (BAD_ID(p->inputs[i]) || p->values[p->inputs[i]].kind != ETF_VALUE_INPUT ||
-            p->values[p->inputs[i]].alias_of >= 0)
-            return kfail(b, ETF_EINVAL, "model input %zu is not an input value", i);
-    for (size_t i = 0; i < p->n_outputs; i++)
-        if (BAD_ID(p->outputs[i]))
-            return kfail(b, ETF_EINVAL, "model output %zu: bad value id", i);
-#undef BAD_ID
-    return 0;
-}
-
 /* Which storages must stay plain, and the last kernel that reads each. */
 static void analyse(struct build *b)
 {
@@ -1967,7 +1911,7 @@ static int device_cpu_load(struct etf_device *dev, const struct etf_model_desc *
     }
 
     int prev_threads = threads_enter(d);
-    int rc = check_plan(&b);
+    int rc = etf__plan_check(plan, "device cpu", diag);
     if (rc)
         goto free_build;
     dnnl_status_t st = dnnl_stream_create(&b.stream, d->engine, dnnl_stream_default_flags);

@@ -21,10 +21,80 @@ size_t etf__shape_elems(const struct etf_shape *s)
 
 int etf__plan_storage(const struct etf_plan *plan, int v)
 {
-    while (v >= 0 && plan->values[v].alias_of >= 0)
+    for (size_t hops = 0; v >= 0 && hops <= plan->n_values; hops++) {
+        if (plan->values[v].alias_of < 0)
+            return v;
         v = plan->values[v].alias_of;
-    return v;
+    }
+    return -1; /* a loop of aliases: etf__plan_check rejects it */
 }
+
+#define BAD_ID(p, id) ((id) < 0 || (size_t)(id) >= (p)->n_values)
+
+int etf__plan_check(const struct etf_plan *p, const char *who, struct etf_diag *diag)
+{
+    const char *name = p->name ? p->name : "?";
+    for (size_t v = 0; v < p->n_values; v++) {
+        const struct etf_value *x = &p->values[v];
+        if (x->alias_of < -1 || x->alias_of >= (int)p->n_values || etf__plan_storage(p, (int)v) < 0)
+            return etf_diagf(diag, ETF_EINVAL, "%s: plan '%.64s': value %zu: bad alias_of %d", who,
+                             name, v, x->alias_of);
+        if (x->shape.ndim < 0 || x->shape.ndim > ETF_MAX_DIMS)
+            return etf_diagf(diag, ETF_EINVAL,
+                             "%s: plan '%.64s': value %zu: %d dims, expected 0..%d", who, name, v,
+                             x->shape.ndim, ETF_MAX_DIMS);
+        for (int i = 0; i < x->shape.ndim; i++)
+            if (x->shape.d[i] < 1)
+                return etf_diagf(diag, ETF_ENOTSUP,
+                                 "%s: plan '%.64s': value %zu: dimension %d is %lld, expected "
+                                 ">= 1",
+                                 who, name, v, i, (long long)x->shape.d[i]);
+        if (x->alias_of >= 0 &&
+            etf__shape_elems(&x->shape) !=
+                etf__shape_elems(&p->values[etf__plan_storage(p, (int)v)].shape))
+            return etf_diagf(diag, ETF_EINVAL,
+                             "%s: plan '%.64s': value %zu: an alias of another size", who, name, v);
+        if (x->kind == ETF_VALUE_CONSTANT && x->alias_of < 0 && !x->data)
+            return etf_diagf(diag, ETF_EINVAL,
+                             "%s: plan '%.64s': value %zu: a constant without data", who, name, v);
+    }
+    for (size_t k = 0; k < p->n_kernels; k++) {
+        const struct etf_kernel *kn = &p->kernels[k];
+        if ((unsigned)kn->op > ETF_K_PAD)
+            return etf_diagf(diag, ETF_ENOTSUP, "%s: kernel '%.64s': unknown op %d", who, kn->name,
+                             (int)kn->op);
+        if (kn->n_inputs < 0 || kn->n_inputs > ETF_MAX_KERNEL_INPUTS || kn->n_post < 0 ||
+            kn->n_post > ETF_MAX_POST_OPS || kn->n_extra_inputs < 0 ||
+            (kn->n_extra_inputs > 0 && !kn->extra_inputs) || BAD_ID(p, kn->output))
+            return etf_diagf(diag, ETF_EINVAL,
+                             "%s: kernel '%.64s': bad input, output or post-op counts", who,
+                             kn->name);
+        const int *ins = kn->n_extra_inputs > 0 ? kn->extra_inputs : kn->inputs;
+        int n = kn->n_extra_inputs > 0 ? kn->n_extra_inputs : kn->n_inputs;
+        for (int i = 0; i < n; i++)
+            if (BAD_ID(p, ins[i]))
+                return etf_diagf(diag, ETF_EINVAL, "%s: kernel '%.64s': input %d: bad value id %d",
+                                 who, kn->name, i, ins[i]);
+        for (int i = 0; i < kn->n_post; i++)
+            if (kn->post[i].kind != ETF_POST_ELTWISE && BAD_ID(p, kn->post[i].value))
+                return etf_diagf(diag, ETF_EINVAL,
+                                 "%s: kernel '%.64s': post-op %d: bad value id %d", who, kn->name,
+                                 i, kn->post[i].value);
+    }
+    for (size_t i = 0; i < p->n_inputs; i++)
+        if (BAD_ID(p, p->inputs[i]) || p->values[p->inputs[i]].kind != ETF_VALUE_INPUT ||
+            p->values[p->inputs[i]].alias_of >= 0)
+            return etf_diagf(diag, ETF_EINVAL,
+                             "%s: plan '%.64s': model input %zu is not an input value", who, name,
+                             i);
+    for (size_t i = 0; i < p->n_outputs; i++)
+        if (BAD_ID(p, p->outputs[i]))
+            return etf_diagf(diag, ETF_EINVAL, "%s: plan '%.64s': model output %zu: bad value id",
+                             who, name, i);
+    return 0;
+}
+
+#undef BAD_ID
 
 void etf_plan_free(struct etf_plan *plan)
 {

@@ -162,7 +162,14 @@ struct etf_plan {
 /* Elements of a shape (product of dims; 1 for a scalar). */
 size_t etf__shape_elems(const struct etf_shape *s);
 
-/* The value that owns the storage of v (follows alias_of). */
+/* The value that owns the storage of v (follows alias_of); -1 when the aliases loop. */
 int etf__plan_storage(const struct etf_plan *plan, int v);
+
+/* Checks what a device relies on before it reads a plan: value ids in range, aliases that
+ * end at a value of the same size, shapes within ETF_MAX_DIMS and not empty, constants with
+ * data, known ops, input/output/post-op counts within their arrays. `who` prefixes the
+ * message ("device cpu"). Returns 0, ETF_EINVAL (inconsistent) or ETF_ENOTSUP (an op or
+ * an empty dimension the devices do not run). */
+int etf__plan_check(const struct etf_plan *plan, const char *who, struct etf_diag *diag);
 
 #endif
