@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #define DEVICES_DIR "bus/i2c/devices"
 #define CHANNELS_MAX 16
@@ -97,15 +96,14 @@ static int find_rail(struct meter_hwmon *m, const char *const *wanted, struct et
                 if (used < sizeof found)
                     used += (size_t)snprintf(found + used, sizeof found - used, "%s%s",
                                              used ? ", " : "", label);
-                for (int w = 0; wanted[w] && (best < 0 || w < best); w++) {
-                    if (strcasecmp(label, wanted[w]) == 0) {
-                        best = w;
-                        snprintf(m->rail, sizeof m->rail, "%s", label);
-                        snprintf(m->volt_rel, sizeof m->volt_rel,
-                                 DEVICES_DIR "/%s/hwmon/%s/in%d_input", devs.v[i], mons.v[j], k);
-                        snprintf(m->curr_rel, sizeof m->curr_rel,
-                                 DEVICES_DIR "/%s/hwmon/%s/curr%d_input", devs.v[i], mons.v[j], k);
-                    }
+                int rank = etf__sysfs_rail_rank(label, wanted);
+                if (rank >= 0 && (best < 0 || rank < best)) {
+                    best = rank;
+                    snprintf(m->rail, sizeof m->rail, "%s", label);
+                    snprintf(m->volt_rel, sizeof m->volt_rel, DEVICES_DIR "/%s/hwmon/%s/in%d_input",
+                             devs.v[i], mons.v[j], k);
+                    snprintf(m->curr_rel, sizeof m->curr_rel,
+                             DEVICES_DIR "/%s/hwmon/%s/curr%d_input", devs.v[i], mons.v[j], k);
                 }
             }
         }
@@ -115,13 +113,7 @@ static int find_rail(struct meter_hwmon *m, const char *const *wanted, struct et
     if (rc || best >= 0)
         return rc;
     char names[160];
-    size_t n = 0;
-    for (int w = 0; wanted[w] && n < sizeof names; w++)
-        n += (size_t)snprintf(names + n, sizeof names - n, "%s%s",
-                              w == 0          ? ""
-                              : wanted[w + 1] ? ", "
-                                              : " or ",
-                              wanted[w]);
+    etf__sysfs_join_names(wanted, names, sizeof names);
     return etf_diagf(diag, ETF_ENOENT,
                      "hwmon: no rail labelled %s (case-insensitive) under %s/" DEVICES_DIR
                      "/*/hwmon; rails found: %s",

@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #define DRIVER_DIR "bus/i2c/drivers/ina3221x"
 #define CHANNELS_MAX 16
@@ -98,13 +97,12 @@ static int find_rail(struct meter_ina3221 *m, const char *const *wanted, struct 
                 if (rc)
                     break;
                 found_add(found, name);
-                for (int w = 0; wanted[w] && (best < 0 || w < best); w++) {
-                    if (strcasecmp(name, wanted[w]) == 0) {
-                        best = w;
-                        snprintf(m->rail, sizeof m->rail, "%s", name);
-                        snprintf(m->power_rel, sizeof m->power_rel,
-                                 DRIVER_DIR "/%s/%s/in_power%d_input", devs.v[i], iios.v[j], k);
-                    }
+                int rank = etf__sysfs_rail_rank(name, wanted);
+                if (rank >= 0 && (best < 0 || rank < best)) {
+                    best = rank;
+                    snprintf(m->rail, sizeof m->rail, "%s", name);
+                    snprintf(m->power_rel, sizeof m->power_rel,
+                             DRIVER_DIR "/%s/%s/in_power%d_input", devs.v[i], iios.v[j], k);
                 }
             }
         }
@@ -114,13 +112,7 @@ static int find_rail(struct meter_ina3221 *m, const char *const *wanted, struct 
     if (rc || best >= 0)
         return rc;
     char names[160];
-    size_t used = 0;
-    for (int w = 0; wanted[w] && used < sizeof names; w++)
-        used += (size_t)snprintf(names + used, sizeof names - used, "%s%s",
-                                 w == 0          ? ""
-                                 : wanted[w + 1] ? ", "
-                                                 : " or ",
-                                 wanted[w]);
+    etf__sysfs_join_names(wanted, names, sizeof names);
     return etf_diagf(diag, ETF_ENOENT,
                      "ina3221: no rail named %s (case-insensitive) under %s/" DRIVER_DIR
                      "; rails found: %s",

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 /* ---- The real system ---- */
@@ -560,4 +561,24 @@ uint64_t etf__power_add(struct etf_power_integrator *pi, uint64_t uw, uint64_t a
     }
     pi->last_uw = uw;
     return pi->total_nj / 1000;
+}
+
+int etf__sysfs_rail_rank(const char *name, const char *const *wanted)
+{
+    for (int w = 0; wanted[w]; w++)
+        if (strcasecmp(name, wanted[w]) == 0)
+            return w;
+    return -1;
+}
+
+void etf__sysfs_join_names(const char *const *wanted, char *out, size_t cap)
+{
+    size_t used = 0;
+    out[0] = '\0';
+    for (int w = 0; wanted[w] && used < cap; w++)
+        used += (size_t)snprintf(out + used, cap - used, "%s%s",
+                                 w == 0          ? ""
+                                 : wanted[w + 1] ? ", "
+                                                 : " or ",
+                                 wanted[w]);
 }

@@ -104,6 +104,12 @@ int etf__sysfs_list(const struct etf_sysfs *fs, const char *rel, const char *pat
                     struct etf_sysfs_names *out, struct etf_diag *diag);
 void etf__sysfs_names_free(struct etf_sysfs_names *names);
 
+/* Rail choice of the power meters: the rank of `name` in the NULL-terminated preference
+ * list `wanted` (case-insensitive), or -1 when it is not wanted. */
+int etf__sysfs_rail_rank(const char *name, const char *const *wanted);
+/* The preference list for messages: "A", "A or B", "A, B or C". */
+void etf__sysfs_join_names(const char *const *wanted, char *out, size_t cap);
+
 /* Strict parsers shared with the journal: decimal digits only (a leading '-' for the
  * signed one), no blanks, no '+', no overflow, and nothing after but one optional '\n'. */
 bool etf__parse_u64(const char *text, uint64_t *out);
