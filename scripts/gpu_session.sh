@@ -5,6 +5,9 @@
 #   scripts/gpu_session.sh check      unit tests + every model against PyTorch (gpu_run.sh)
 #   scripts/gpu_session.sh latency    batch 1 and 32: ETF vs PyTorch eager, same run
 #   scripts/gpu_session.sh fairness   3 tenants x 60 s at phi 1, 0.5, 0 with NVML energy
+#                                     (FAIR_SECONDS=N shortens each run, FAIR_PHIS="1 0" picks)
+#   scripts/gpu_session.sh profile    per-kernel GPU time, ETF and PyTorch (PROFILE="m:b ...")
+#   scripts/gpu_session.sh overhead   bench-overhead: 3 backlogged tenants against back-to-back
 #   scripts/gpu_session.sh serve      etfd --device cuda --meter nvml with two bench clients
 # Several steps may be given in order. Results go under $OUT (default BUILD_DIR/gpu-results).
 # BUILD_DIR defaults to build-gpu.
@@ -47,12 +50,36 @@ for l in open(sys.argv[1]):
 }
 
 step_fairness() {
-  for phi in 1 05 0; do
-    "$build/etf-sim" "scenarios/h100_three_tenants_phi$phi.json" --report "$out/fair_phi$phi.json" \
+  for phi in ${FAIR_PHIS:-1 05 0}; do
+    local scenario=scenarios/h100_three_tenants_phi$phi.json
+    if [ -n "${FAIR_SECONDS:-}" ]; then
+      # A copy beside the original, so that its relative model paths still resolve.
+      sed "s/\"duration_s\": [0-9]*/\"duration_s\": $FAIR_SECONDS/" "$scenario" >"scenarios/.short_phi$phi.json"
+      scenario=scenarios/.short_phi$phi.json
+    fi
+    "$build/etf-sim" "$scenario" --report "$out/fair_phi$phi.json" \
       --timing >"$out/fair_phi$phi.txt" 2>&1
     echo "== phi $phi (exit $?)"
     cat "$out/fair_phi$phi.txt"
   done
+}
+
+step_profile() {
+  local spec m b
+  for spec in ${PROFILE:-resnet50:32 squeezenet1_1:32 transformer:32}; do
+    m=${spec%:*} b=${spec#*:}
+    echo "== $m batch $b: ETF"
+    "$build/etf-run" "models/$m/model.onnx" --device cuda --batch "$b" --iters 20 2>&1 |
+      tee "$out/profile_etf_${m}_b$b.txt" | head -n 40
+    echo "== $m batch $b: PyTorch"
+    python3 bench/torch_gpu_profile.py "$m" "$b" 2>&1 | tee "$out/profile_torch_${m}_b$b.txt"
+  done
+}
+
+step_overhead() {
+  "$build/bench-overhead" --device cuda --seconds "${OVERHEAD_SECONDS:-10}" \
+    models/resnet50/model.onnx:32 models/mobilenet_v2/model.onnx:1 \
+    models/transformer/model.onnx:8 2>&1 | tee "$out/overhead.txt"
 }
 
 step_serve() {

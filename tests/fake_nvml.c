@@ -1,11 +1,16 @@
-/* A fake libnvidia-ml for the tests: the NVML functions the `nvml` meter uses, over one GPU
- * whose energy counter the test drives.
+/* A fake libnvidia-ml for the tests: the NVML functions the `nvml` meter and the `nvml`
+ * frequency controller use, over GPUs whose energy counter the test drives and whose locked
+ * clocks it inspects.
  *
  * The counter (mJ) is a base the test sets plus, when a power is set, that power integrated
  * over host time since it was set; with an update period, readings only see the counter as
  * it was at the latest multiple of that period, like the H100's ~100 ms steps. Any function
- * can be told to fail with a given NVML return code. Thread-safe: the scheduler's sampler
- * reads while the test sets.
+ * can be told to fail with a given NVML return code, and every call is counted.
+ *
+ * Clocks: every GPU supports the graphics clocks 345, 900, 1410 and 1980 MHz at its memory
+ * clock of 2619 MHz and runs at 1980 MHz unless locked; a lock (min = max only) makes the
+ * graphics clock read the locked value until it is reset. Thread-safe: the scheduler's
+ * sampler reads while the test sets.
  *
  * The controls, for tests to declare (no header: the tests state what they use):
  *   void fake_nvml_reset(void);                          all back to one healthy GPU at 0 mJ
@@ -15,7 +20,8 @@
  *   void fake_nvml_set_devices(unsigned);                GPUs present (at most 8)
  *   int fake_nvml_fail(const char *function, int nvml_rc); 0 = succeed again; -1 = unknown name
  *   int fake_nvml_inits(void);                           nvmlInit_v2 calls not shut down yet
- *   unsigned long long fake_nvml_energy_calls(void);     energy counter reads so far
+ *   unsigned long long fake_nvml_calls(const char *function); calls so far (failed ones too)
+ *   unsigned fake_nvml_locked_mhz(unsigned gpu);         the GPU's locked clock, 0 = not locked
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -47,7 +53,19 @@ typedef struct {
 
 #define EXPORT __attribute__((visibility("default")))
 
-enum { F_INIT, F_HANDLE, F_ENERGY, F_FIELDS, F_POWER, F_NAME, F_COUNT };
+enum {
+    F_INIT,
+    F_HANDLE,
+    F_ENERGY,
+    F_FIELDS,
+    F_POWER,
+    F_NAME,
+    F_SET_LOCKED,
+    F_RESET_LOCKED,
+    F_CLOCK_INFO,
+    F_SUPPORTED,
+    F_COUNT
+};
 static const char *const fn_names[F_COUNT] = {
     "nvmlInit_v2",
     "nvmlDeviceGetHandleByIndex_v2",
@@ -55,7 +73,15 @@ static const char *const fn_names[F_COUNT] = {
     "nvmlDeviceGetFieldValues",
     "nvmlDeviceGetPowerUsage",
     "nvmlDeviceGetName",
+    "nvmlDeviceSetGpuLockedClocks",
+    "nvmlDeviceResetGpuLockedClocks",
+    "nvmlDeviceGetClockInfo",
+    "nvmlDeviceGetSupportedGraphicsClocks",
 };
+
+#define MEM_MHZ 2619u
+#define DEFAULT_MHZ 1980u
+static const unsigned supported_mhz[] = {1980, 1410, 900, 345}; /* NVML lists them descending */
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct {
@@ -66,7 +92,8 @@ static struct {
     double power_mw;
     unsigned long long since_ns;  /* when power_mw was set */
     unsigned long long period_ns; /* 0 = the counter is always current */
-    unsigned long long energy_calls;
+    unsigned long long calls[F_COUNT];
+    unsigned locked_mhz[8]; /* per GPU; 0 = not locked */
 } st = {.devices = 1};
 
 /* One handle per device: the address of a static byte, never dereferenced by callers. */
@@ -79,8 +106,10 @@ static unsigned long long host_ns(void)
     return (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
 }
 
+/* Counts a call of f and returns the code it is told to fail with (0 = succeed). */
 static int failing(int f)
 {
+    st.calls[f]++;
     return st.fail_rc[f];
 }
 
@@ -151,12 +180,23 @@ EXPORT int fake_nvml_inits(void)
     return n;
 }
 
-EXPORT unsigned long long fake_nvml_energy_calls(void)
+EXPORT unsigned long long fake_nvml_calls(const char *function)
 {
+    unsigned long long n = 0;
     pthread_mutex_lock(&mu);
-    unsigned long long n = st.energy_calls;
+    for (int f = 0; f < F_COUNT; f++)
+        if (strcmp(fn_names[f], function) == 0)
+            n = st.calls[f];
     pthread_mutex_unlock(&mu);
     return n;
+}
+
+EXPORT unsigned fake_nvml_locked_mhz(unsigned gpu)
+{
+    pthread_mutex_lock(&mu);
+    unsigned mhz = gpu < sizeof devices ? st.locked_mhz[gpu] : 0;
+    pthread_mutex_unlock(&mu);
+    return mhz;
 }
 
 /* ---- NVML ---- */
@@ -192,6 +232,8 @@ EXPORT const char *nvmlErrorString(nvmlReturn_t rc)
         return "Invalid Argument";
     case 3:
         return "Not Supported";
+    case 4:
+        return "Insufficient Permissions";
     case 9:
         return "Driver Not Loaded";
     default:
@@ -224,7 +266,6 @@ static int check_device(nvmlDevice_t dev)
 EXPORT nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t dev, unsigned long long *mj)
 {
     pthread_mutex_lock(&mu);
-    st.energy_calls++;
     int rc = failing(F_ENERGY);
     if (!rc)
         rc = check_device(dev);
@@ -284,6 +325,73 @@ EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t dev, char *name, unsigned int
         rc = check_device(dev);
     if (!rc)
         snprintf(name, length, "Fake GPU %d", (int)((char *)(void *)dev - devices));
+    pthread_mutex_unlock(&mu);
+    return rc;
+}
+
+/* ---- Clocks ---- */
+
+EXPORT nvmlReturn_t nvmlDeviceSetGpuLockedClocks(nvmlDevice_t dev, unsigned int min_mhz,
+                                                 unsigned int max_mhz)
+{
+    pthread_mutex_lock(&mu);
+    int rc = failing(F_SET_LOCKED);
+    if (!rc)
+        rc = check_device(dev);
+    if (!rc && (min_mhz != max_mhz || min_mhz == 0))
+        rc = 2; /* this fake locks one clock only */
+    if (!rc)
+        st.locked_mhz[(char *)(void *)dev - devices] = min_mhz;
+    pthread_mutex_unlock(&mu);
+    return rc;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceResetGpuLockedClocks(nvmlDevice_t dev)
+{
+    pthread_mutex_lock(&mu);
+    int rc = failing(F_RESET_LOCKED);
+    if (!rc)
+        rc = check_device(dev);
+    if (!rc)
+        st.locked_mhz[(char *)(void *)dev - devices] = 0;
+    pthread_mutex_unlock(&mu);
+    return rc;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t dev, int type, unsigned int *mhz)
+{
+    pthread_mutex_lock(&mu);
+    int rc = failing(F_CLOCK_INFO);
+    if (!rc)
+        rc = check_device(dev);
+    if (!rc && type == 0) { /* NVML_CLOCK_GRAPHICS */
+        unsigned locked = st.locked_mhz[(char *)(void *)dev - devices];
+        *mhz = locked ? locked : DEFAULT_MHZ;
+    } else if (!rc && type == 2) { /* NVML_CLOCK_MEM */
+        *mhz = MEM_MHZ;
+    } else if (!rc) {
+        rc = 3;
+    }
+    pthread_mutex_unlock(&mu);
+    return rc;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetSupportedGraphicsClocks(nvmlDevice_t dev, unsigned int mem_mhz,
+                                                         unsigned int *count, unsigned int *mhz)
+{
+    enum { N = sizeof supported_mhz / sizeof supported_mhz[0] };
+    pthread_mutex_lock(&mu);
+    int rc = failing(F_SUPPORTED);
+    if (!rc)
+        rc = check_device(dev);
+    if (!rc && mem_mhz != MEM_MHZ)
+        rc = 6; /* NVML_ERROR_NOT_FOUND */
+    if (!rc && *count < N)
+        rc = 7; /* NVML_ERROR_INSUFFICIENT_SIZE */
+    if (!rc || rc == 7)
+        *count = N;
+    if (!rc)
+        memcpy(mhz, supported_mhz, sizeof supported_mhz);
     pthread_mutex_unlock(&mu);
     return rc;
 }

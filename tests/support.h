@@ -146,12 +146,16 @@ struct fx_config {
     bool real_clock;     /* device sim sleeps, scheduler on the monotonic clock */
     unsigned power_horizon_tasks;
     size_t max_queued_tasks;
+    size_t queue_depth; /* > 0: the sim device is asynchronous (submit and fence) */
+    /* Used instead of the sim device when set; the test keeps ownership. */
+    struct etf_device *device;
 };
 
 struct fixture {
     struct etf_vclock vc;
     struct etf_clock clock;
     struct etf_device *dev;
+    bool own_dev;
     struct etf_meter *meter;
     struct etf_freq *freq;
     struct etf_sched *s;
@@ -213,10 +217,15 @@ static struct fixture *fx_new_ex(const struct fx_config *c)
     fx->clock = etf_vclock_as_clock(&fx->vc);
     struct etf_diag diag = {{0}};
 
-    struct etf_device_config dc = {.vclock = c->real_clock ? NULL : &fx->vc};
-    int rc = etf_device_open("sim", &dc, &fx->dev, &diag);
-    if (rc)
-        fail_msg("device sim: %s", diag.msg);
+    struct etf_device_config dc = {.vclock = c->real_clock ? NULL : &fx->vc,
+                                   .queue_depth = c->queue_depth};
+    int rc = 0;
+    fx->dev = c->device;
+    if (!fx->dev) {
+        fx->own_dev = true;
+        if ((rc = etf_device_open("sim", &dc, &fx->dev, &diag)))
+            fail_msg("device sim: %s", diag.msg);
+    }
     rc = etf_meter_open("model", NULL, &fx->meter, &diag);
     if (rc)
         fail_msg("meter model: %s", diag.msg);
@@ -259,7 +268,8 @@ SUPPORT_UNUSED static void fx_free(struct fixture *fx)
     etf_sched_destroy(fx->s);
     etf_freq_close(fx->freq);
     etf_meter_close(fx->meter);
-    etf_device_close(fx->dev);
+    if (fx->own_dev)
+        etf_device_close(fx->dev);
     pthread_cond_destroy(&fx->cv);
     pthread_mutex_destroy(&fx->mu);
     free(fx->recs);

@@ -250,6 +250,35 @@ static void freq_sim_set_get_round_trip_and_counts_switches(void **state)
     etf_freq_close(f);
 }
 
+static void freq_sim_offers_a_list_when_given_one(void **state)
+{
+    struct etf_freq *f = NULL;
+    uint64_t list[4];
+    size_t n = 0;
+    /* Without a list it takes any frequency and has none to give. */
+    assert_int_equal(etf_freq_open("sim", NULL, &f, NULL), 0);
+    assert_int_equal(etf__freq_list(f, list, 4, &n), ETF_ENOTSUP);
+    etf_freq_close(f);
+
+    const uint64_t offer[] = {GHZ, 500 * MHZ, GHZ, 114750000ull};
+    struct etf_freq_config cfg = {.available_hz = offer, .n_available_hz = 4};
+    assert_int_equal(etf_freq_open("sim", &cfg, &f, NULL), 0);
+    assert_int_equal(etf__freq_list(f, list, 4, &n), 0);
+    assert_int_equal(n, 3);
+    const uint64_t want[] = {114750000ull, 500 * MHZ, GHZ};
+    assert_memory_equal(list, want, sizeof want);
+    assert_int_equal(etf__freq_set(f, 500 * MHZ), 0);
+    assert_int_equal(etf__freq_set(f, 600 * MHZ), ETF_EINVAL);
+    assert_int_equal(etf_freq_switches(f), 1);
+    etf_freq_close(f);
+
+    const uint64_t zero[] = {GHZ, 0};
+    cfg = (struct etf_freq_config){.available_hz = zero, .n_available_hz = 2};
+    struct etf_diag diag = {{0}};
+    assert_int_equal(etf_freq_open("sim", &cfg, &f, &diag), ETF_EINVAL);
+    assert_non_null(strstr(diag.msg, "0 Hz"));
+}
+
 static void freq_none_cannot_set_and_reports_nothing(void **state)
 {
     struct etf_freq *f = NULL;
@@ -260,6 +289,8 @@ static void freq_none_cannot_set_and_reports_nothing(void **state)
     uint64_t hz = 9;
     assert_int_equal(etf__freq_get(f, &hz), ETF_ENOTSUP);
     assert_int_equal(hz, 9);
+    size_t n = 0;
+    assert_int_equal(etf__freq_list(f, &hz, 1, &n), ETF_ENOTSUP);
     assert_int_equal(etf_freq_switches(f), 0);
     etf_freq_close(f);
     /* No controller at all cannot set either. */
@@ -290,6 +321,7 @@ int main(void)
         cmocka_unit_test(sim_device_without_vclock_sleeps_at_least_the_kernel_time),
         cmocka_unit_test(freq_sim_reports_nothing_before_its_first_switch),
         cmocka_unit_test(freq_sim_set_get_round_trip_and_counts_switches),
+        cmocka_unit_test(freq_sim_offers_a_list_when_given_one),
         cmocka_unit_test(freq_none_cannot_set_and_reports_nothing),
         cmocka_unit_test(model_meter_does_not_measure),
     };

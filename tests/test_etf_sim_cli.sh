@@ -66,6 +66,14 @@ head -n 1 "$tmp/t1.csv" | grep -qx 'task_id,entity_id,model_id,start_t,end_t,ser
     fail "tasks.csv header"
 grep -q "resnet50-fast" "$tmp/sum1" || fail "summary lacks the tenants"
 grep -q "ns per dispatch" "$tmp/sum1" || fail "summary lacks the scheduler's cost"
+# Time and energy by frequency: the device's and each tenant's in the report, the device's
+# in the summary (each tenant of the pair runs at one clock: no split of its own).
+[ "$(grep -c '"per_frequency": \[' "$tmp/r1.json")" -eq 3 ] || fail "report lacks per_frequency arrays"
+grep -q '{"hz": 726750000, "kernels": [0-9]*, "time_us": [0-9.]*, "energy_uj": [0-9.]*, "time_share": 0\.[0-9]*, "energy_share": 0\.[0-9]*}' \
+    "$tmp/r1.json" || fail "report's device per_frequency row"
+grep -q '^device by frequency:$' "$tmp/sum1" || fail "summary lacks the split by frequency"
+grep -q '^  1300500000 Hz ' "$tmp/sum1" || fail "summary lacks a frequency row"
+! grep -q '^tenant .* by frequency:$' "$tmp/sum1" || fail "summary splits a tenant that ran at one clock"
 
 # --quiet prints nothing; --timing puts a number in the report.
 "$sim" "$pair" --quiet --timing --report "$tmp/r3.json" >"$tmp/out" 2>&1 || fail "--quiet --timing"

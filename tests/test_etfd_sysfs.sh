@@ -2,7 +2,7 @@
 # etfd driving a (fake) Jetson TX2 through sysfs: --freq devfreq pins the GPU clock of
 # class/devfreq/17000000.gp10b, --meter ina3221 reads the GPU rail, and the clock journal
 # puts the node's settings back on SIGINT, at the next start after a kill -9, and through
-# `etfd --restore-clocks`.
+# `etfd --restore-clocks`. Also: --freq nvml is refused without --allow-gpu-clock-changes.
 #
 # usage: test_etfd_sysfs.sh PATH-TO-ETFD PATH-TO-ETF SOURCE-DIR
 #
@@ -384,6 +384,18 @@ passed "kill -9 then etfd --restore-clocks: exit 0, node restored, journal remov
 [ "$(cat "$sys/class/devfreq/17000000.gp10b/available_frequencies")" = "${freqs[*]}" ] ||
     die "available_frequencies was changed"
 passed "other devfreq nodes and the node's frequency list untouched"
+
+# ---- 5. --freq nvml stays off without --allow-gpu-clock-changes (and never reaches a real
+# NVML here: the library named does not exist)
+
+status=0
+ETF_NVML_LIBRARY=/nonexistent/libnvidia-ml.so.1 timeout 60 "$etfd" --quantum-us 20000 --phi 0.5 \
+    --device sim --freq nvml --models "$tmp/repo" --listen 127.0.0.1:0 \
+    >"$tmp/nvml.out" 2>"$tmp/nvml.err" || status=$?
+[ "$status" -eq 2 ] || die "etfd --freq nvml without the flag exited $status: $(cat "$tmp/nvml.err")"
+grep -q "changing GPU clocks is off.*--allow-gpu-clock-changes" "$tmp/nvml.err" ||
+    die "etfd --freq nvml without the flag: $(cat "$tmp/nvml.err")"
+passed "--freq nvml without --allow-gpu-clock-changes: exit 2, saying how to allow it"
 
 echo "test_etfd_sysfs: all passed in $(($(date +%s) - started)) s:"
 for c in "${checks[@]}"; do

@@ -343,6 +343,7 @@ static struct fixture *fx_measuring(double phi, uint64_t quantum_ns, bool real_c
     fx->clock = etf_vclock_as_clock(&fx->vc);
     struct etf_device_config dc = {.vclock = real_clock ? NULL : &fx->vc};
     assert_int_equal(etf_device_open("sim", &dc, &fx->dev, diag), 0);
+    fx->own_dev = true;
     struct etf_meter_config mc;
     memset(&mc, 0, sizeof mc);
     mc.library_path = FAKE_NVML_PATH;
@@ -533,6 +534,7 @@ static void live_measuring_session(void **state)
     assert_int_equal(pthread_cond_init(&fx->cv, NULL), 0);
     if (etf_device_open(device, NULL, &fx->dev, &diag))
         fail_msg("device %s: %s", device, diag.msg);
+    fx->own_dev = true;
     if (etf_meter_open("nvml", NULL, &fx->meter, &diag))
         fail_msg("meter nvml: %s", diag.msg);
     /* Time-fair: each tenant's turn is half the quantum ($ETF_LIVE_QUANTUM_MS, default 200).

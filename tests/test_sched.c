@@ -1189,6 +1189,125 @@ static void without_a_controller_nothing_switches_and_models_run_at_their_freque
     }
 }
 
+/* The rows of an entity's or the device's table by frequency, checked for sums. */
+static size_t freq_rows(struct fixture *fx, uint64_t eid, struct etf_freq_stats *out, size_t cap)
+{
+    size_t n = SIZE_MAX;
+    if (eid)
+        assert_int_equal(etf_entity_freq_stats(fx->s, eid, out, cap, &n), 0);
+    else
+        assert_int_equal(etf_sched_freq_stats(fx->s, out, cap, &n), 0);
+    assert_true(n <= cap);
+    for (size_t i = 1; i < n; i++)
+        assert_true(out[i - 1].hz < out[i].hz);
+    return n;
+}
+
+static void assert_freq_row(const struct etf_freq_stats *r, uint64_t hz, uint64_t kernels,
+                            uint64_t time_ns, uint64_t energy_nj, size_t models)
+{
+    assert_int_equal(r->hz, hz);
+    assert_int_equal(r->kernels, kernels);
+    assert_int_equal(r->time_ns, time_ns);
+    assert_int_equal(r->energy_nj, energy_nj);
+    assert_int_equal(r->models, models);
+}
+
+/* One entity with models at 1 GHz and 500 MHz, another at 1 GHz, on the sim controller:
+ * the time and energy charged at each frequency are the profile's, exactly, per entity and
+ * for the device, and the rows add up to the totals; synchronous and asynchronous device. */
+static void time_and_energy_by_frequency_are_the_profiles_exactly(void **state)
+{
+    for (size_t depth = 0; depth <= 4; depth += 4) {
+        struct fx_config c = {.phi = 1, .quantum_ns = 2 * MS, .queue_depth = depth};
+        struct fixture *fx = fx_new_ex(&c);
+        uint64_t a = fx_entity(fx, 0), b = fx_entity(fx, 0);
+        uint64_t fast = fx_model(fx, a, dvfs_profile(), GHZ);
+        uint64_t slow = fx_model(fx, a, dvfs_profile(), 500 * MHZ);
+        uint64_t mb = fx_model(fx, b, dvfs_profile(), GHZ);
+        struct etf_freq_stats fs[4];
+
+        /* Loaded, nothing run: a row of zeros per frequency, lowest first. */
+        assert_int_equal(freq_rows(fx, a, fs, 4), 2);
+        assert_freq_row(&fs[0], 500 * MHZ, 0, 0, 0, 1);
+        assert_freq_row(&fs[1], GHZ, 0, 0, 0, 1);
+        assert_int_equal(freq_rows(fx, 0, fs, 4), 2);
+        assert_freq_row(&fs[1], GHZ, 0, 0, 0, 2);
+
+        backlog(fx, fast, 3);
+        backlog(fx, slow, 2);
+        backlog(fx, mb, 5);
+        fx_drain(fx, 1000);
+        assert_int_equal(fx->n_recs, 10);
+        struct etf_sched_stats ss = fx_sstats(fx);
+        assert_true(ss.freq_switches >= 2);
+
+        /* 4 kernels a task: 200 µs at 500 mW at 500 MHz (100 µJ), 100 µs at 1500 mW at
+         * 1 GHz (150 µJ). */
+        assert_int_equal(freq_rows(fx, a, fs, 4), 2);
+        assert_freq_row(&fs[0], 500 * MHZ, 8, 8 * 200000, 8 * 100000, 1);
+        assert_freq_row(&fs[1], GHZ, 12, 12 * 100000, 12 * 150000, 1);
+        struct etf_entity_stats ea = fx_estats(fx, a);
+        assert_int_equal(fs[0].time_ns + fs[1].time_ns, ea.time_ns);
+        assert_int_equal(fs[0].energy_nj + fs[1].energy_nj, ea.energy_nj);
+        assert_int_equal(freq_rows(fx, b, fs, 4), 1);
+        assert_freq_row(&fs[0], GHZ, 20, 20 * 100000, 20 * 150000, 1);
+
+        assert_int_equal(freq_rows(fx, 0, fs, 4), 2);
+        assert_freq_row(&fs[0], 500 * MHZ, 8, 8 * 200000, 8 * 100000, 1);
+        assert_freq_row(&fs[1], GHZ, 32, 32 * 100000, 32 * 150000, 2);
+        assert_int_equal(fs[0].time_ns + fs[1].time_ns, ss.busy_ns);
+        assert_int_equal(fs[0].energy_nj + fs[1].energy_nj, ss.energy_nj);
+        assert_int_equal(fs[0].kernels + fs[1].kernels, ss.dispatches);
+
+        /* A short array gets the lowest rows and the count of all; none gets the count. */
+        size_t n = 0;
+        memset(fs, 0, sizeof fs);
+        assert_int_equal(etf_entity_freq_stats(fx->s, a, fs, 1, &n), 0);
+        assert_int_equal(n, 2);
+        assert_int_equal(fs[0].hz, 500 * MHZ);
+        assert_int_equal(fs[1].hz, 0);
+        assert_int_equal(etf_sched_freq_stats(fx->s, NULL, 0, &n), 0);
+        assert_int_equal(n, 2);
+        assert_int_equal(etf_entity_freq_stats(fx->s, a, NULL, 1, &n), ETF_EINVAL);
+        assert_int_equal(etf_entity_freq_stats(fx->s, a, fs, 4, NULL), ETF_EINVAL);
+        assert_int_equal(etf_sched_freq_stats(fx->s, NULL, 2, &n), ETF_EINVAL);
+        assert_int_equal(etf_entity_freq_stats(fx->s, 9999, fs, 4, &n), ETF_ENOENT);
+
+        /* Unloading keeps what was charged; a frequency never charged goes once its last
+         * model does, and a new one takes its place. */
+        assert_int_equal(etf_model_unload(fx->s, slow, NULL), 0);
+        assert_int_equal(freq_rows(fx, a, fs, 4), 2);
+        assert_freq_row(&fs[0], 500 * MHZ, 8, 8 * 200000, 8 * 100000, 0);
+        uint64_t tmp = fx_model(fx, b, dvfs_profile(), 500 * MHZ);
+        assert_int_equal(freq_rows(fx, b, fs, 4), 2);
+        assert_freq_row(&fs[0], 500 * MHZ, 0, 0, 0, 1);
+        assert_int_equal(etf_model_unload(fx->s, tmp, NULL), 0);
+        assert_int_equal(freq_rows(fx, b, fs, 4), 1);
+        uint64_t three[] = {250 * MHZ, 500 * MHZ, GHZ};
+        double t3[] = {400, 200, 100}, p3[] = {250, 500, 1500};
+        uint64_t m250 = fx_model(fx, b, prof_uniform_freqs("tri", 2, 3, three, t3, p3), 250 * MHZ);
+        fx_submit(fx, m250);
+        fx_drain(fx, 100);
+        assert_int_equal(freq_rows(fx, b, fs, 4), 2);
+        assert_freq_row(&fs[0], 250 * MHZ, 2, 2 * 400000, 2 * 100000, 1);
+        assert_freq_row(&fs[1], GHZ, 20, 20 * 100000, 20 * 150000, 1);
+
+        /* The device keeps the charges of a deleted entity. */
+        assert_int_equal(etf_model_unload(fx->s, m250, NULL), 0);
+        assert_int_equal(etf_model_unload(fx->s, mb, NULL), 0);
+        assert_int_equal(etf_entity_delete(fx->s, b, NULL), 0);
+        ss = fx_sstats(fx);
+        assert_int_equal(freq_rows(fx, 0, fs, 4), 3);
+        assert_freq_row(&fs[0], 250 * MHZ, 2, 2 * 400000, 2 * 100000, 0);
+        assert_freq_row(&fs[1], 500 * MHZ, 8, 8 * 200000, 8 * 100000, 0);
+        assert_freq_row(&fs[2], GHZ, 32, 32 * 100000, 32 * 150000, 1);
+        assert_int_equal(fs[0].time_ns + fs[1].time_ns + fs[2].time_ns, ss.busy_ns);
+        assert_int_equal(fs[0].energy_nj + fs[1].energy_nj + fs[2].energy_nj, ss.energy_nj);
+        fx_free(fx);
+    }
+}
+
 /* ---- 11. Unload ---- */
 
 static void unload_with_queued_tasks_is_ebusy(void **state)
@@ -1532,6 +1651,7 @@ int main(void)
         cmocka_unit_test(alternating_models_at_two_frequencies_switch_every_turn),
         cmocka_unit_test(one_frequency_switches_at_most_once),
         cmocka_unit_test(without_a_controller_nothing_switches_and_models_run_at_their_frequency),
+        cmocka_unit_test(time_and_energy_by_frequency_are_the_profiles_exactly),
         cmocka_unit_test(unload_with_queued_tasks_is_ebusy),
         cmocka_unit_test(on_done_may_submit_and_read_stats),
         cmocka_unit_test(threaded_submitters_every_task_completes_exactly_once),

@@ -456,6 +456,26 @@ static void test_unknown_ids(void **state)
     waiter_fini(&w);
 }
 
+/* Rows by frequency are in ascending order and add up to the totals they split (time_us
+ * is truncated per row, so the sum may fall short by up to a µs a row). Returns the
+ * kernels counted. */
+static uint64_t check_freq_rows(Efair__Rpc__FrequencyStats *const *rows, size_t n, uint64_t time_us,
+                                double energy_uj)
+{
+    uint64_t t = 0, kernels = 0;
+    double en = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            assert_true(rows[i - 1]->frequency_hz < rows[i]->frequency_hz);
+        t += rows[i]->time_us;
+        en += rows[i]->energy_uj;
+        kernels += rows[i]->kernels;
+    }
+    assert_true(t <= time_us && time_us <= t + n);
+    assert_true(fabs(en - energy_uj) <= 1e-6 * (1 + energy_uj));
+    return kernels;
+}
+
 static void test_infer_and_stats(void **state)
 {
     (void)state;
@@ -522,15 +542,28 @@ static void test_infer_and_stats(void **state)
         assert_true(e->time_us >= mtime && e->time_us <= mtime + e->n_models);
         assert_true(fabs(e->energy_uj - men) <= 1e-6 * (1 + men));
         assert_int_equal(e->tasks_queued, 0);
+        check_freq_rows(e->frequencies, e->n_frequencies, e->time_us, e->energy_uj);
         if (e->eid == e1) {
             seen1 = true;
             assert_int_equal(e->n_models, 2);
             assert_int_equal(e->tasks_done, 20);
+            /* Its models at "#0" and "#1": 10 tasks of 2 kernels at each clock. */
+            assert_int_equal(e->n_frequencies, 2);
+            assert_int_equal(e->frequencies[0]->frequency_hz, 500 * MHZ);
+            assert_int_equal(e->frequencies[1]->frequency_hz, 1000 * MHZ);
+            for (size_t k = 0; k < 2; k++) {
+                assert_int_equal(e->frequencies[k]->kernels, 20);
+                assert_int_equal(e->frequencies[k]->models, 1);
+                assert_true(e->frequencies[k]->time_us >= 20 * 100);
+                assert_true(e->frequencies[k]->energy_uj > 0);
+            }
         }
         if (e->eid == e2) {
             seen2 = true;
             assert_int_equal(e->n_models, 1);
             assert_int_equal(e->tasks_done, 10);
+            assert_int_equal(e->n_frequencies, 1);
+            assert_int_equal(e->frequencies[0]->kernels, 20);
         }
         tasks += e->tasks_done;
         time_us += e->time_us;
@@ -541,7 +574,30 @@ static void test_infer_and_stats(void **state)
     assert_true(s->busy_us + s->n_entities >= time_us);
     assert_true(s->energy_uj + 1e-3 >= energy);
     assert_true(s->dispatches >= 2 * n);
+    /* The device's rows split its totals: both clocks of fast.json are among them. */
+    assert_int_equal(check_freq_rows(s->frequencies, s->n_frequencies, s->busy_us, s->energy_uj),
+                     s->dispatches);
+    size_t clocks = 0;
+    for (size_t k = 0; k < s->n_frequencies; k++)
+        clocks += s->frequencies[k]->frequency_hz == 500 * MHZ ||
+                  s->frequencies[k]->frequency_hz == 1000 * MHZ;
+    assert_int_equal(clocks, 2);
     etf_service_free_response(s);
+
+    /* The summary splits the device's figures by frequency, and e1's, which ran at two. */
+    char *text = NULL, title[64];
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    assert_non_null(f);
+    assert_int_equal(etf_service_print_summary(g_env.svc, f), 0);
+    fclose(f);
+    assert_non_null(strstr(text, "etfd: summary by frequency"));
+    assert_non_null(strstr(text, "\n     500000000 "));
+    snprintf(title, sizeof title, "etfd: entity %" PRIu64 " by frequency\n", e1);
+    assert_non_null(strstr(text, title));
+    snprintf(title, sizeof title, "etfd: entity %" PRIu64 " by frequency\n", e2);
+    assert_null(strstr(text, title));
+    free(text);
 
     /* Per entity: only its models. */
     sreq.eid = e2;
@@ -601,6 +657,9 @@ static void test_summary_and_csv(void **state)
     assert_non_null(strstr(text, "frequency_hz"));
     assert_non_null(strstr(text, "resnet18"));
     assert_non_null(strstr(text, "fast"));
+    /* The device's rows by frequency outlive the entities deleted since. */
+    assert_non_null(strstr(text, "etfd: summary by frequency"));
+    assert_non_null(strstr(text, "\n    1000000000 "));
     free(text);
 
     struct etf_diag diag;

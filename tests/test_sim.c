@@ -374,6 +374,78 @@ static void test_run_once(void **state)
     run_free(&run);
 }
 
+/* Time and energy by frequency: a tenant with models at two clocks and one with a model at
+ * one of them. The rows add up to the tenants' and the device's totals, the report has the
+ * "per_frequency" arrays, and the summary splits the tenant that ran at two clocks. */
+static void test_per_frequency(void **state)
+{
+    (void)state;
+    struct run run =
+        run_q("{'quantum_us':20000,'phi':0.5,'duration_s':5,'tenants':["
+              "{'name':'multi','models':["
+              "{'profile':'resnet18_profile.json','frequency_hz':1300500000,'load':{'closed':1}},"
+              "{'profile':'resnet18_profile.json','frequency_hz':726750000,'load':{'closed':1}}]},"
+              "{'name':'single','models':[{'profile':'resnet50_profile.json',"
+              "'frequency_hz':726750000,'load':{'closed':1}}]}]}");
+    const struct etf_sim_result *r = run.r;
+    const uint64_t lo = 726750000, hi = 1300500000;
+    assert_int_equal(r->n_freqs, 2);
+    assert_int_equal(r->freqs[0].hz, lo);
+    assert_int_equal(r->freqs[1].hz, hi);
+    const struct etf_sim_tenant_result *multi = &r->tenants[0], *single = &r->tenants[1];
+    assert_int_equal(multi->n_freqs, 2);
+    assert_int_equal(single->n_freqs, 1);
+    assert_int_equal(single->freqs[0].hz, lo);
+    uint64_t time = 0, energy = 0, kernels = 0;
+    for (size_t i = 0; i < r->n_freqs; i++) {
+        time += r->freqs[i].time_ns;
+        energy += r->freqs[i].energy_nj;
+        kernels += r->freqs[i].kernels;
+        assert_int_equal(r->freqs[i].models, i == 0 ? 2 : 1);
+    }
+    assert_int_equal(time, multi->time_ns + single->time_ns);
+    assert_int_equal(energy, multi->energy_nj + single->energy_nj);
+    assert_int_equal(kernels, r->dispatches);
+    assert_int_equal(multi->freqs[0].time_ns + multi->freqs[1].time_ns, multi->time_ns);
+    assert_int_equal(multi->freqs[0].energy_nj + multi->freqs[1].energy_nj, multi->energy_nj);
+    assert_int_equal(r->freqs[0].time_ns, multi->freqs[0].time_ns + single->freqs[0].time_ns);
+    assert_int_equal(r->freqs[1].time_ns, multi->freqs[1].time_ns);
+    /* Both clocks ran, and a row holds at least its finished tasks (a task may still have
+     * been running at the end). */
+    uint64_t done[2] = {0, 0};
+    for (size_t k = 0; k < r->n_tasks; k++) {
+        const struct etf_sim_task *t = &r->tasks[k];
+        if (t->tenant == 0)
+            done[t->rec.freq_hz == hi] += t->rec.service_ns;
+    }
+    assert_true(done[0] > 0 && done[1] > 0);
+    assert_true(multi->freqs[0].time_ns >= done[0] && multi->freqs[1].time_ns >= done[1]);
+
+    char *json;
+    struct etf_diag diag;
+    assert_int_equal(etf_sim_report_json(run.sim, 0, &json, &diag), 0);
+    assert_non_null(
+        strstr(json, "\n  \"per_frequency\": [\n    {\"hz\": 726750000, \"kernels\": "));
+    assert_non_null(strstr(json, "\"per_frequency\": [{\"hz\": 726750000, \"kernels\": "));
+    assert_non_null(strstr(json, "}, {\"hz\": 1300500000, \"kernels\": "));
+    assert_non_null(strstr(json, "\"time_share\": 1.000000, \"energy_share\": 1.000000}]}"));
+    free(json);
+
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    assert_non_null(f);
+    assert_int_equal(etf_sim_print_summary(run.sim, f, &diag), 0);
+    assert_int_equal(fclose(f), 0);
+    assert_non_null(strstr(text, "device by frequency:\n"));
+    assert_non_null(strstr(text, "\n  726750000 Hz "));
+    assert_non_null(strstr(text, "\n  1300500000 Hz "));
+    assert_non_null(strstr(text, "tenant multi by frequency:\n"));
+    assert_null(strstr(text, "tenant single by frequency"));
+    free(text);
+    run_free(&run);
+}
+
 /* ---- Real time ---- */
 
 static bool have_device(const char *name)
@@ -583,6 +655,7 @@ int main(void)
         cmocka_unit_test(test_poisson_below_capacity),
         cmocka_unit_test(test_bad_backend),
         cmocka_unit_test(test_run_once),
+        cmocka_unit_test(test_per_frequency),
         cmocka_unit_test(test_realtime_cpu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -501,6 +501,15 @@ static void devfreq_pins_min_and_max_in_a_safe_order(void **state)
     uint64_t hz = 0;
     assert_int_equal(etf_freq_current(fq, &hz), 0);
     assert_int_equal(hz, 318750000);
+    /* The list on offer, ascending; a short buffer gets the first ones and the count. */
+    uint64_t list[16];
+    size_t n = 0;
+    assert_int_equal(etf__freq_list(fq, list, 16, &n), 0);
+    assert_int_equal(n, 13);
+    assert_memory_equal(list, tx2_hz, sizeof tx2_hz);
+    assert_int_equal(etf__freq_list(fq, list, 2, &n), 0);
+    assert_int_equal(n, 13);
+    assert_int_equal(list[1], tx2_hz[1]);
 
     /* Lowering: min first, then max. */
     assert_int_equal(etf__freq_set(fq, 624750000), 0);
@@ -905,6 +914,13 @@ static void cpufreq_switches_every_policy_through_setspeed(void **state)
     uint64_t hz;
     assert_int_equal(etf_freq_current(fq, &hz), 0);
     assert_int_equal(hz, 2100000000ull);
+    /* The list on offer, in Hz, ascending (the policies list kHz, descending). */
+    uint64_t list[8];
+    size_t n = 0;
+    assert_int_equal(etf__freq_list(fq, list, 8, &n), 0);
+    const uint64_t want[] = {800000000, 1400000000, 2100000000, 2800000000, 3500000000};
+    assert_int_equal(n, 5);
+    assert_memory_equal(list, want, sizeof want);
     assert_int_equal(etf__freq_set(fq, 2800000000ull), 0);
     const char *set[] = {"scaling_setspeed=2800000", "scaling_setspeed=2800000"};
     assert_log(&h, 2, set);

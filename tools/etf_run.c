@@ -3,6 +3,7 @@
  * tensor and a profile of the measured kernel times in the original ETF format. */
 #include "etf/model.h"
 #include "etf/profile.h"
+#include "etf/profiler.h"
 #include "etf/sched.h"
 
 #include <errno.h>
@@ -167,27 +168,6 @@ static double percentile_ms(const uint64_t *sorted, size_t n, double p)
     return (double)sorted[rank - 1] / 1e6;
 }
 
-/* The frequency the profile is keyed by: the controller's if it knows, else the CPU's
- * nominal clock from /proc/cpuinfo. */
-static uint64_t profile_frequency(struct etf_freq *freq, bool *guessed)
-{
-    uint64_t hz;
-    *guessed = false;
-    if (etf_freq_current(freq, &hz) == 0)
-        return hz;
-    *guessed = true;
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char line[256];
-    double mhz = 0;
-    while (f && fgets(line, sizeof line, f)) {
-        if (sscanf(line, "cpu MHz : %lf", &mhz) == 1)
-            break;
-    }
-    if (f)
-        fclose(f);
-    return mhz > 0 ? (uint64_t)(mhz * 1e6 + 0.5) : 1;
-}
-
 static int write_profile(const char *path, const struct etf_plan *plan, struct etf_sched *s,
                          uint64_t mid, uint64_t hz)
 {
@@ -342,8 +322,14 @@ int main(int argc, char **argv)
             goto out;
     }
     if (o.profile_out) {
+        /* Keyed by the controller's clock if it knows, else the CPU's from /proc/cpuinfo,
+         * else 1 Hz: a key that stands for "unknown". */
         bool guessed;
-        uint64_t hz = profile_frequency(freq, &guessed);
+        uint64_t hz;
+        if (etf_profiler_clock_hz(freq, true, &hz, &guessed) != 0) {
+            hz = 1;
+            guessed = true;
+        }
         if (write_profile(o.profile_out, plan, s, mid, hz))
             goto out;
         printf("profile: %s at %" PRIu64 " Hz%s; no power figures (the %s device has no energy "

@@ -1,6 +1,6 @@
 /* etfd: the ETF inference server. Serves efair.rpc.EFairService over gRPC, schedules the
  * clients' inferences with ETF, and at SIGINT/SIGTERM drains, prints the original
- * summary per model and writes results/runN/tasks.csv.
+ * summary per model (then time and energy per frequency) and writes results/runN/tasks.csv.
  *
  *   etfd --quantum-us 40000 --phi 0.7 --device cpu|cuda|sim --models DIR
  *        [--listen 127.0.0.1:10086] [--threads N] [--max-message-bytes N]
@@ -60,15 +60,18 @@ static void usage(FILE *f)
             "            [--listen HOST:PORT] [--threads N] [--max-message-bytes N]\n"
             "            [--max-queued N] [--drain-s S] [--results DIR]\n"
             "            [--meter model|nvml|ina3221|hwmon|rapl] [--rail NAME]\n"
-            "            [--freq none|sim|devfreq|cpufreq] [--sysfs-root DIR] [--journal FILE]\n"
+            "            [--freq none|sim|devfreq|cpufreq|nvml] [--allow-gpu-clock-changes]\n"
+            "            [--sysfs-root DIR] [--journal FILE]\n"
             "       etfd --restore-clocks [--sysfs-root DIR] [--journal FILE]\n"
             "            (puts back the clocks a crashed etfd left changed; for ExecStopPost)\n"
             "       etfd Q P gpu|cpu        (the original form; models from " DEFAULT_MODELS ")\n"
             "Serves efair.rpc.EFairService on HOST:PORT (default " DEFAULT_LISTEN
             "; port 0 = any free\n"
             "port). Models load from DIR only. SIGINT or SIGTERM drains the tasks in flight\n"
-            "(at most --drain-s seconds, default 10), prints a summary per model and writes\n"
-            "RESULTS/runN/tasks.csv (RESULTS default ./results).\n");
+            "(at most --drain-s seconds, default 10), prints a summary per model and per\n"
+            "frequency and writes RESULTS/runN/tasks.csv (RESULTS default ./results). --freq\n"
+            "nvml locks the GPU's clocks (root only) and opens only with\n"
+            "--allow-gpu-clock-changes; clocks are put back at exit.\n");
 }
 
 static int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -160,6 +163,7 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"sysfs-root", required_argument, NULL, 's'},
         {"journal", required_argument, NULL, 'j'},
         {"restore-clocks", no_argument, NULL, 'R'},
+        {"allow-gpu-clock-changes", no_argument, NULL, 'A'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -210,6 +214,9 @@ static int parse_args(int argc, char **argv, struct options *o)
             break;
         case 'R':
             o->restore_clocks = true;
+            break;
+        case 'A':
+            o->freq_cfg.allow_clock_changes = true;
             break;
         case 't':
             if (!parse_u64(optarg, 1, 1024, &v))

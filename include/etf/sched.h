@@ -40,6 +40,10 @@ struct etf_device_config {
     struct etf_vclock *vclock;
     /* Worker threads for CPU devices; 0 = the backend's default. */
     int threads;
+    /* Simulated device: > 0 makes it asynchronous like a GPU, holding up to this many
+     * submitted kernels until the scheduler fences it; 0 = each kernel completes as it is
+     * launched. */
+    size_t queue_depth;
 };
 /* Opens device backend `name` ("sim", ...). *out is owned by the caller: close it after
  * the scheduler that uses it is destroyed. */
@@ -91,9 +95,21 @@ struct etf_freq_config {
     const char *cpus;
     /* devfreq, cpufreq: how long a switch may take to show in cur_freq; 0 = 50 ms. */
     uint64_t settle_timeout_ns;
-    /* devfreq, cpufreq: the settings found at open, restored at close or after a crash;
-     * NULL = /run/etf/clocks.journal. */
+    /* devfreq, cpufreq, nvml: the settings found at open (nvml: that the GPU's clocks were
+     * locked), restored at close or after a crash; NULL = /run/etf/clocks.journal. */
     const char *journal_path;
+    /* nvml: locking a GPU's clocks needs root and affects everything that runs on that
+     * GPU, so the controller opens only when this is true (etfd --allow-gpu-clock-changes). */
+    bool allow_clock_changes;
+    /* nvml (and restoring a journal that holds an nvml entry): the NVML library to load;
+     * NULL = $ETF_NVML_LIBRARY, else libnvidia-ml.so.1. */
+    const char *library_path;
+    /* nvml: the GPU's NVML index. */
+    unsigned device_index;
+    /* sim: the frequencies the simulated clock offers (any order; copied at open); set
+     * refuses others. NULL = any frequency, and then the controller cannot list them. */
+    const uint64_t *available_hz;
+    size_t n_available_hz;
 };
 int etf_freq_open(const char *name, const struct etf_freq_config *cfg, struct etf_freq **out,
                   struct etf_diag *diag);
@@ -291,6 +307,7 @@ int etf_model_kernel_stats(struct etf_sched *s, uint64_t mid, size_t k, uint64_t
 
 struct etf_sched_stats {
     uint64_t dispatches;  /* kernels launched */
+    uint64_t fences;      /* waits for an asynchronous device (0 on a synchronous one) */
     uint64_t turns;       /* entity picks */
     uint64_t allocations; /* slice recomputations */
     uint64_t freq_switches;
@@ -309,6 +326,31 @@ struct etf_sched_stats {
     uint64_t ledger_dropped; /* turns lost because the sampler fell behind */
 };
 void etf_sched_stats(struct etf_sched *s, struct etf_sched_stats *out);
+
+/* Device time and energy charged at one clock frequency: that of the models whose kernels
+ * ran (etf_model_stats.freq_hz, the clock the scheduler switched to before them; with a
+ * controller that cannot set the clock, the one their profile figures are for). */
+struct etf_freq_stats {
+    uint64_t hz;        /* 0 = unknown (a model without a profile, the clock unknown) */
+    uint64_t kernels;   /* kernels charged at hz */
+    uint64_t time_ns;   /* their device time */
+    uint64_t energy_nj; /* their energy: always modelled (time x profiled power), even with a
+                         * measuring meter, whose readings are not split by frequency */
+    size_t models;      /* models at hz loaded now */
+};
+/* The frequencies entity eid has loaded models at or been charged at, in ascending order
+ * of hz: their rows summed give its etf_entity_stats time_ns and energy_nj. out is the
+ * caller's array of cap rows (NULL when cap is 0); the first min(cap, *n) are written and
+ * *n is the number of rows there are, so that a caller whose array was too small can call
+ * again with a larger one. A tenant has a row per distinct frequency of its models (those
+ * loaded now and those charged so far), a handful: the rows are kept at model load, and
+ * charging a kernel costs O(1). Errors: ETF_ENOENT (entity), ETF_EINVAL (n NULL, or out
+ * NULL with cap > 0). */
+int etf_entity_freq_stats(struct etf_sched *s, uint64_t eid, struct etf_freq_stats *out, size_t cap,
+                          size_t *n);
+/* The same for the whole device, over every entity there has been (deleted ones included):
+ * the rows sum to etf_sched_stats busy_ns, energy_nj and dispatches. Errors: ETF_EINVAL. */
+int etf_sched_freq_stats(struct etf_sched *s, struct etf_freq_stats *out, size_t cap, size_t *n);
 
 #ifdef __cplusplus
 }

@@ -164,6 +164,10 @@ struct etf_sim_tenant_result {
                          * last turn began) */
     double alloc_share; /* slice_ns / sum of all tenants' slice_ns */
     uint64_t latency_p50_ns, latency_p99_ns; /* end - submit, nearest rank; 0 if none */
+    /* Its time and energy by frequency (etf_entity_freq_stats: ascending, one row per
+     * frequency of its models; the energy is modelled even when energy_nj is measured). */
+    size_t n_freqs;
+    struct etf_freq_stats *freqs;
 };
 
 struct etf_sim_result {
@@ -179,6 +183,9 @@ struct etf_sim_result {
      * ledger attributed to them, and idle_energy_nj the rest. Otherwise energy is modelled. */
     bool measured;
     uint64_t idle_energy_nj;
+    /* The device's time and energy by frequency (etf_sched_freq_stats; energy modelled). */
+    size_t n_freqs;
+    struct etf_freq_stats *freqs;
     size_t n_tenants;
     struct etf_sim_tenant_result *tenants;
     size_t n_tasks; /* in completion order */
@@ -204,8 +211,12 @@ const struct etf_sim_result *etf_sim_result(const struct etf_sim *sim);
 /* Include the host timing in the report (otherwise null, so that reports reproduce). */
 #define ETF_SIM_REPORT_TIMING (1u << 0)
 
-/* The JSON report as a NUL-terminated string the caller frees. Errors: ETF_EINVAL (not
- * run), ETF_ENOMEM. */
+/* The JSON report as a NUL-terminated string the caller frees. Besides the run's figures
+ * and one object per tenant it has "per_frequency" arrays, for the device and in each
+ * tenant, of {"hz", "kernels", "time_us", "energy_uj", "time_share", "energy_share"} in
+ * ascending order of hz (hz 0 = unknown): the shares are of the device's (the tenant's)
+ * time and energy over all its frequencies, and the energy is modelled (kernel time x
+ * profiled power) even when the meter measures. Errors: ETF_EINVAL (not run), ETF_ENOMEM. */
 int etf_sim_report_json(const struct etf_sim *sim, unsigned flags, char **out,
                         struct etf_diag *diag);
 /* Writes the JSON report to f. Errors also: ETF_EIO. */
@@ -214,7 +225,8 @@ int etf_sim_write_report(const struct etf_sim *sim, FILE *f, unsigned flags, str
  * task_id,entity_id,model_id,start_t,end_t,service_time,energy_used
  * (times in µs from the start of the run, energy in µJ). */
 int etf_sim_write_tasks_csv(const struct etf_sim *sim, FILE *f, struct etf_diag *diag);
-/* Prints a table of the tenants and the run's totals for people. */
+/* Prints a table of the tenants and the run's totals for people, then the device's time
+ * and energy by frequency (and a tenant's, for each that ran at more than one). */
 int etf_sim_print_summary(const struct etf_sim *sim, FILE *f, struct etf_diag *diag);
 
 void etf_sim_destroy(struct etf_sim *sim);

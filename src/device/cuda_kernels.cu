@@ -297,18 +297,47 @@ __global__ void layernorm_kernel(const float *x, const float *gamma, const float
 
 /* ---- Data movement ---- */
 
-__global__ void transpose_kernel(const struct etfk_transpose p)
+/* A permutation copy. T is float or float4 (when the innermost output dimension is a
+ * contiguous run of the input whose length is a multiple of 4: then every dimension and
+ * stride is counted in float4s); I is the index type, 32-bit whenever the tensor allows,
+ * since 64-bit divisions cost several times as much on the GPU. */
+template <typename T, typename I> struct transpose_args {
+    const T *x;
+    T *y;
+    int ndim;
+    I n;
+    I y_dims[ETFK_MAX_DIMS];
+    I x_strides[ETFK_MAX_DIMS];
+};
+
+template <typename T, typename I> __global__ void transpose_kernel(const transpose_args<T, I> p)
 {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < p.n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        int64_t off = 0, rest = i;
+    for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += (I)gridDim.x * blockDim.x) {
+        I off = 0, rest = i;
         for (int d = p.ndim - 1; d >= 0; d--) {
-            int64_t q = rest / p.y_dims[d];
+            I q = rest / p.y_dims[d];
             off += (rest - q * p.y_dims[d]) * p.x_strides[d];
             rest = q;
         }
         p.y[i] = p.x[off];
     }
+}
+
+template <typename T, typename I>
+cudaError_t transpose_launch(const struct etfk_transpose *p, int vec, cudaStream_t s)
+{
+    transpose_args<T, I> a;
+    a.x = (const T *)p->x;
+    a.y = (T *)p->y;
+    a.ndim = p->ndim;
+    a.n = (I)(p->n / vec);
+    for (int d = 0; d < p->ndim; d++) {
+        bool inner = d == p->ndim - 1;
+        a.y_dims[d] = (I)(inner ? p->y_dims[d] / vec : p->y_dims[d]);
+        a.x_strides[d] = (I)(inner ? p->x_strides[d] : p->x_strides[d] / vec);
+    }
+    transpose_kernel<T, I><<<grid_for(a.n), kThreads, 0, s>>>(a);
+    return cudaGetLastError();
 }
 
 __global__ void pad_kernel(const struct etfk_pad p)
@@ -400,9 +429,18 @@ cudaError_t etfk_launch_layernorm(const float *x, const float *gamma, const floa
 
 cudaError_t etfk_launch_transpose(const struct etfk_transpose *p, cudaStream_t s)
 {
-    if (p->n > 0)
-        transpose_kernel<<<grid_for(p->n), kThreads, 0, s>>>(*p);
-    return cudaGetLastError();
+    if (p->n <= 0 || p->ndim < 1)
+        return cudaSuccess;
+    int last = p->ndim - 1;
+    /* Every other stride is a multiple of the contiguous run's length (the run is the
+     * input's innermost dimension), hence of 4. */
+    bool vec4 = p->x_strides[last] == 1 && p->y_dims[last] % 4 == 0 &&
+                (uintptr_t)p->x % 16 == 0 && (uintptr_t)p->y % 16 == 0;
+    bool small = p->n < INT32_MAX;
+    if (vec4)
+        return small ? transpose_launch<float4, int32_t>(p, 4, s)
+                     : transpose_launch<float4, int64_t>(p, 4, s);
+    return small ? transpose_launch<float, int32_t>(p, 1, s) : transpose_launch<float, int64_t>(p, 1, s);
 }
 
 cudaError_t etfk_launch_pad(const struct etfk_pad *p, cudaStream_t s)

@@ -105,6 +105,21 @@ int etf__device_launch(struct etf_device *dev, struct etf_kernel_run *run)
     return dev->ops->launch(dev, run);
 }
 
+bool etf__device_async(const struct etf_device *dev)
+{
+    return dev->ops->submit && dev->ops->fence;
+}
+
+int etf__device_submit(struct etf_device *dev, struct etf_kernel_run *run)
+{
+    return dev->ops->submit(dev, run);
+}
+
+int etf__device_fence(struct etf_device *dev, size_t n)
+{
+    return dev->ops->fence(dev, n);
+}
+
 void etf__device_unload(struct etf_device *dev, struct etf_dmodel *dm)
 {
     dev->ops->unload(dev, dm);

@@ -43,8 +43,21 @@ struct etf_device_ops {
     int (*load)(struct etf_device *dev, const struct etf_model_desc *desc,
                 struct etf_dmodel **out, struct etf_diag *diag);
     /* Runs one kernel and fills run->busy_ns. Called only from the dispatching thread,
-     * without the scheduler lock; blocks for the kernel's duration. */
+     * without the scheduler lock; blocks for the kernel's duration. On a device with
+     * `fence`, also waits for (and completes) everything submitted before. */
     int (*launch)(struct etf_device *dev, struct etf_kernel_run *run);
+    /* Optional, with `fence`: enqueues one kernel and returns without waiting for it.
+     * run->busy_ns is filled, and a last kernel's outputs written to run->io, by the next
+     * fence; run must stay valid and unchanged until then. Returns ETF_EBUSY, having
+     * enqueued nothing, when the device must be fenced before it can take this kernel
+     * (its queue or a model's staging buffers are full). Same thread and lock rules as
+     * launch. */
+    int (*submit)(struct etf_device *dev, struct etf_kernel_run *run);
+    /* Waits until the n oldest submitted kernels have run (all of them when n exceeds
+     * their number) and completes their runs in submission order; the others stay in
+     * flight. On failure, every submitted run is lost (busy_ns unset, outputs unwritten)
+     * and the device takes new work again. */
+    int (*fence)(struct etf_device *dev, size_t n);
     /* Frees a loaded model; no launch of it is in flight. */
     void (*unload)(struct etf_device *dev, struct etf_dmodel *dm);
     void (*close)(struct etf_device *dev);
@@ -64,6 +77,10 @@ extern const struct etf_device_ops etf__device_cpu_ops;
 int etf__device_load(struct etf_device *dev, const struct etf_model_desc *desc,
                      struct etf_dmodel **out, struct etf_diag *diag);
 int etf__device_launch(struct etf_device *dev, struct etf_kernel_run *run);
+/* Whether the device runs kernels asynchronously (submit and fence). */
+bool etf__device_async(const struct etf_device *dev);
+int etf__device_submit(struct etf_device *dev, struct etf_kernel_run *run);
+int etf__device_fence(struct etf_device *dev, size_t n);
 void etf__device_unload(struct etf_device *dev, struct etf_dmodel *dm);
 
 #endif

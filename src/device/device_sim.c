@@ -1,18 +1,28 @@
 /* The simulated device: runs each kernel for the time its model's profile gives at the
  * clock in force. With a virtual clock it advances that clock (the simulator: no real
  * time passes); without one it sleeps, so that a server can be exercised end to end
- * without real kernels. */
+ * without real kernels.
+ *
+ * With a queue depth (etf_device_config) it is asynchronous like a GPU: a submit only
+ * queues the kernel (ETF_EBUSY when the queue is full), and a fence runs the oldest ones
+ * in order. That exercises the scheduler's asynchronous path without a GPU. */
 #include "device/device.h"
 
 #include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
 
 struct sim_device {
     struct etf_device base;
     struct etf_vclock *vclock;
+    /* Asynchronous: the submitted kernels, a ring of n_queued from head. */
+    struct etf_kernel_run **queue;
+    size_t depth, head, n_queued;
 };
+
+static const struct etf_device_ops device_sim_queued_ops;
 
 struct etf_dmodel {
     const struct etf_profile *profile;
@@ -27,8 +37,13 @@ static int device_sim_open(const struct etf_device_config *cfg, struct etf_devic
     struct sim_device *d = calloc(1, sizeof *d);
     if (!d)
         return etf_diagf(diag, ETF_ENOMEM, "device sim: out of memory");
-    d->base.ops = &etf__device_sim_ops;
+    d->base.ops = cfg->queue_depth ? &device_sim_queued_ops : &etf__device_sim_ops;
     d->vclock = cfg->vclock;
+    d->depth = cfg->queue_depth;
+    if (d->depth && !(d->queue = calloc(d->depth, sizeof *d->queue))) {
+        free(d);
+        return etf_diagf(diag, ETF_ENOMEM, "device sim: out of memory");
+    }
     *out = &d->base;
     return 0;
 }
@@ -56,10 +71,9 @@ static void sleep_ns(uint64_t ns)
         ;
 }
 
-static int device_sim_launch(struct etf_device *dev, struct etf_kernel_run *run)
+/* The kernel's time at the run's clock, from the profile. */
+static int kernel_time(struct etf_dmodel *dm, const struct etf_kernel_run *run, uint64_t *ns)
 {
-    struct sim_device *d = (struct sim_device *)dev;
-    struct etf_dmodel *dm = run->dm;
     if (run->kernel >= dm->profile->n_kernels)
         return ETF_EINVAL;
     if (dm->cached_index < 0 || dm->cached_hz != run->freq_hz) {
@@ -69,8 +83,13 @@ static int device_sim_launch(struct etf_device *dev, struct etf_kernel_run *run)
         dm->cached_hz = run->freq_hz;
         dm->cached_index = index;
     }
-    double us = dm->profile->kernels[run->kernel].time_us[dm->cached_index];
-    uint64_t ns = (uint64_t)llround(us * 1000.0);
+    *ns = (uint64_t)llround(dm->profile->kernels[run->kernel].time_us[dm->cached_index] * 1000.0);
+    return 0;
+}
+
+/* Lets ns of device time pass and fills busy_ns. */
+static void run_for(struct sim_device *d, struct etf_kernel_run *run, uint64_t ns)
+{
     if (d->vclock) {
         d->vclock->now_ns += ns;
         run->busy_ns = ns;
@@ -79,7 +98,48 @@ static int device_sim_launch(struct etf_device *dev, struct etf_kernel_run *run)
         sleep_ns(ns);
         run->busy_ns = etf_host_ns() - start;
     }
+}
+
+static int device_sim_launch(struct etf_device *dev, struct etf_kernel_run *run)
+{
+    uint64_t ns;
+    int rc = kernel_time(run->dm, run, &ns);
+    if (rc == 0)
+        run_for((struct sim_device *)dev, run, ns);
+    return rc;
+}
+
+static int device_sim_submit(struct etf_device *dev, struct etf_kernel_run *run)
+{
+    struct sim_device *d = (struct sim_device *)dev;
+    uint64_t ns;
+    int rc = kernel_time(run->dm, run, &ns); /* what cannot run is refused at once */
+    if (rc)
+        return rc;
+    if (d->n_queued == d->depth)
+        return ETF_EBUSY;
+    d->queue[(d->head + d->n_queued++) % d->depth] = run;
     return 0;
+}
+
+static int device_sim_fence(struct etf_device *dev, size_t n)
+{
+    struct sim_device *d = (struct sim_device *)dev;
+    for (; n > 0 && d->n_queued > 0; n--, d->n_queued--) {
+        struct etf_kernel_run *run = d->queue[d->head];
+        d->head = (d->head + 1) % d->depth;
+        uint64_t ns = 0;
+        kernel_time(run->dm, run, &ns); /* checked at submit */
+        run_for(d, run, ns);
+    }
+    return 0;
+}
+
+/* Runs one kernel at once, after whatever was queued. */
+static int device_sim_queued_launch(struct etf_device *dev, struct etf_kernel_run *run)
+{
+    device_sim_fence(dev, SIZE_MAX);
+    return device_sim_launch(dev, run);
 }
 
 static void device_sim_unload(struct etf_device *dev, struct etf_dmodel *dm)
@@ -90,6 +150,7 @@ static void device_sim_unload(struct etf_device *dev, struct etf_dmodel *dm)
 
 static void device_sim_close(struct etf_device *dev)
 {
+    free(((struct sim_device *)dev)->queue);
     free(dev);
 }
 
@@ -98,6 +159,17 @@ const struct etf_device_ops etf__device_sim_ops = {
     .open = device_sim_open,
     .load = device_sim_load,
     .launch = device_sim_launch,
+    .unload = device_sim_unload,
+    .close = device_sim_close,
+};
+
+static const struct etf_device_ops device_sim_queued_ops = {
+    .name = "sim",
+    .open = device_sim_open,
+    .load = device_sim_load,
+    .launch = device_sim_queued_launch,
+    .submit = device_sim_submit,
+    .fence = device_sim_fence,
     .unload = device_sim_unload,
     .close = device_sim_close,
 };

@@ -23,6 +23,10 @@ struct etf_freq_ops {
     int (*set)(struct etf_freq *f, uint64_t hz);
     /* The clock in force now, or ETF_ENOTSUP when the backend cannot tell. */
     int (*get)(struct etf_freq *f, uint64_t *hz);
+    /* Optional (NULL when the controller cannot tell): the frequencies set accepts, in Hz,
+     * ascending. Writes at most cap of them to hz and how many there are to *n. Reads
+     * what open found: any thread, never blocks. */
+    int (*list)(struct etf_freq *f, uint64_t *hz, size_t cap, size_t *n);
     void (*close)(struct etf_freq *f);
 };
 
@@ -38,5 +42,19 @@ bool etf__freq_can_set(const struct etf_freq *f);
 /* Switches and counts the switch. */
 int etf__freq_set(struct etf_freq *f, uint64_t hz);
 int etf__freq_get(struct etf_freq *f, uint64_t *hz);
+/* The frequencies the controller can set (see `list`); ETF_ENOTSUP when it cannot tell. */
+int etf__freq_list(struct etf_freq *f, uint64_t *hz, size_t cap, size_t *n);
+
+/* Lists of frequencies on offer, as the backends keep them: ascending, distinct, in the
+ * backend's unit (scale Hz each). */
+/* Sorts v ascending and drops repeats; returns the new count. */
+size_t etf__freq_sort_unique(uint64_t *v, size_t n);
+/* True when the ascending list holds v. */
+bool etf__freq_listed(const uint64_t *list, size_t n, uint64_t v);
+/* "114750000 216750000 ..." (Hz), cut to fit cap, for messages. */
+void etf__freq_format_list(const uint64_t *list, size_t n, uint64_t scale, char *out, size_t cap);
+/* The body of a `list` op: copies the list, in Hz, into hz (at most cap). */
+int etf__freq_list_copy(const uint64_t *list, size_t n_list, uint64_t scale, uint64_t *hz,
+                        size_t cap, size_t *n);
 
 #endif

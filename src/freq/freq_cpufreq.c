@@ -111,12 +111,6 @@ static int add_available(struct freq_cpufreq *f, const char *dir, bool first, st
     return 0;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* The candidate policy directories: policy* (kernels since 4.3), else cpu*\/cpufreq. */
 static int list_policies(struct freq_cpufreq *f, struct etf_sysfs_names *names, bool *per_cpu,
                          struct etf_diag *diag)
@@ -236,12 +230,9 @@ static int select_policies(struct freq_cpufreq *f, const char *cpus, struct etf_
                        "cpufreq: no frequency is on offer on every selected policy");
         goto free_names;
     }
-    qsort(f->avail, f->n_avail, sizeof f->avail[0], cmp_u64);
-    size_t k = 0;
-    for (size_t i = 0; i < f->n_avail; i++)
-        if (f->avail[i] && (k == 0 || f->avail[i] != f->avail[k - 1]))
-            f->avail[k++] = f->avail[i];
-    f->n_avail = k;
+    f->n_avail = etf__freq_sort_unique(f->avail, f->n_avail);
+    if (f->avail[0] == 0) /* no clock to set */
+        memmove(f->avail, f->avail + 1, --f->n_avail * sizeof f->avail[0]);
     rc = 0;
 free_names:
     etf__sysfs_names_free(&names);
@@ -301,10 +292,7 @@ free_f:
 static int not_available(struct freq_cpufreq *f, uint64_t hz)
 {
     char list[400];
-    size_t used = 0;
-    for (size_t i = 0; i < f->n_avail && used < sizeof list; i++)
-        used += (size_t)snprintf(list + used, sizeof list - used, "%s%" PRIu64, i ? " " : "",
-                                 f->avail[i] * 1000);
+    etf__freq_format_list(f->avail, f->n_avail, 1000, list, sizeof list);
     return etf_diagf(&f->ctl.error, ETF_EINVAL,
                      "cpufreq: %" PRIu64 " Hz is not available on every policy (have: %s)", hz,
                      list);
@@ -330,7 +318,7 @@ static int freq_cpufreq_set(struct etf_freq *base, uint64_t hz)
     struct freq_cpufreq *f = (struct freq_cpufreq *)base;
     f->ctl.error.msg[0] = '\0';
     uint64_t khz = hz / 1000;
-    if (hz % 1000 != 0 || !bsearch(&khz, f->avail, f->n_avail, sizeof f->avail[0], cmp_u64))
+    if (hz % 1000 != 0 || !etf__freq_listed(f->avail, f->n_avail, khz))
         return not_available(f, hz);
     /* Every policy first, then wait for all: their transitions overlap. */
     for (size_t i = 0; i < f->n_pol; i++) {
@@ -378,6 +366,12 @@ static int freq_cpufreq_get(struct etf_freq *base, uint64_t *hz)
     return 0;
 }
 
+static int freq_cpufreq_list(struct etf_freq *base, uint64_t *hz, size_t cap, size_t *n)
+{
+    const struct freq_cpufreq *f = (const struct freq_cpufreq *)base;
+    return etf__freq_list_copy(f->avail, f->n_avail, 1000, hz, cap, n);
+}
+
 static void freq_cpufreq_close(struct etf_freq *base)
 {
     struct freq_cpufreq *f = (struct freq_cpufreq *)base;
@@ -393,5 +387,6 @@ const struct etf_freq_ops etf__freq_cpufreq_ops = {
     .open = freq_cpufreq_open,
     .set = freq_cpufreq_set,
     .get = freq_cpufreq_get,
+    .list = freq_cpufreq_list,
     .close = freq_cpufreq_close,
 };

@@ -27,12 +27,6 @@ struct freq_devfreq {
 /* The Jetson GPUs, oldest first. */
 static const char *const gpu_nodes[] = {"17000000.gp10b", "17000000.gv11b", "17000000.ga10b"};
 
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 static int read_available(struct freq_devfreq *d, struct etf_diag *diag)
 {
     char rel[ETF_SYSFS_PATH_MAX];
@@ -41,12 +35,7 @@ static int read_available(struct freq_devfreq *d, struct etf_diag *diag)
     if (rc)
         return rc;
     /* Kernels list them ascending or descending; keep one sorted copy of each. */
-    qsort(d->avail, d->n_avail, sizeof d->avail[0], cmp_u64);
-    size_t k = 0;
-    for (size_t i = 0; i < d->n_avail; i++)
-        if (k == 0 || d->avail[i] != d->avail[k - 1])
-            d->avail[k++] = d->avail[i];
-    d->n_avail = k;
+    d->n_avail = etf__freq_sort_unique(d->avail, d->n_avail);
     if (d->avail[0] == 0) {
         char path[ETF_SYSFS_PATH_MAX + 256];
         etf__sysfs_abspath(&d->ctl.fs, rel, path, sizeof path, NULL);
@@ -126,10 +115,7 @@ free_d:
 static int not_available(struct freq_devfreq *d, uint64_t hz)
 {
     char list[400];
-    size_t used = 0;
-    for (size_t i = 0; i < d->n_avail && used < sizeof list; i++)
-        used += (size_t)snprintf(list + used, sizeof list - used, "%s%" PRIu64, i ? " " : "",
-                                 d->avail[i]);
+    etf__freq_format_list(d->avail, d->n_avail, 1, list, sizeof list);
     return etf_diagf(&d->ctl.error, ETF_EINVAL, "%s: %" PRIu64 " Hz is not available (have: %s)",
                      d->dir, hz, list);
 }
@@ -153,7 +139,7 @@ static int freq_devfreq_set(struct etf_freq *base, uint64_t hz)
 {
     struct freq_devfreq *d = (struct freq_devfreq *)base;
     d->ctl.error.msg[0] = '\0';
-    if (!bsearch(&hz, d->avail, d->n_avail, sizeof d->avail[0], cmp_u64))
+    if (!etf__freq_listed(d->avail, d->n_avail, hz))
         return not_available(d, hz);
     /* After a failed write the limits in force are unknown: read them again. */
     if (!d->limits_known) {
@@ -186,6 +172,12 @@ static int freq_devfreq_get(struct etf_freq *base, uint64_t *hz)
     return 0;
 }
 
+static int freq_devfreq_list(struct etf_freq *base, uint64_t *hz, size_t cap, size_t *n)
+{
+    const struct freq_devfreq *d = (const struct freq_devfreq *)base;
+    return etf__freq_list_copy(d->avail, d->n_avail, 1, hz, cap, n);
+}
+
 static void freq_devfreq_close(struct etf_freq *base)
 {
     struct freq_devfreq *d = (struct freq_devfreq *)base;
@@ -200,5 +192,6 @@ const struct etf_freq_ops etf__freq_devfreq_ops = {
     .open = freq_devfreq_open,
     .set = freq_devfreq_set,
     .get = freq_devfreq_get,
+    .list = freq_devfreq_list,
     .close = freq_devfreq_close,
 };

@@ -1,5 +1,6 @@
-/* Clock nodes and the restore journal of the sysfs frequency controllers. */
+/* Clock nodes and the restore journal of the frequency controllers that change real clocks. */
 #include "freq/journal.h"
+#include "util/file.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -19,6 +20,8 @@
 #define JOURNAL_NODES_MAX 256
 #define AVAILABLE_MAX 256
 #define JOURNAL_MAGIC "etf-clock-journal 1"
+/* NVML indexes GPUs from 0; no machine has this many. */
+#define NVML_GPUS_MAX 1024
 
 static const struct etf_clk_files clk_files[] = {
     [ETF_CLK_DEVFREQ] =
@@ -291,9 +294,12 @@ int etf__clk_wait(const struct etf_sysfs *fs, const char *dir, enum etf_clk_kind
 
 /* ---- Restoring ---- */
 
-static int restore_node(const struct etf_sysfs *fs, const struct etf_clk_node *n,
+static int restore_node(const struct etf_clk_ctl *c, const struct etf_clk_node *n,
                         struct etf_diag *diag)
 {
+    if (n->kind == ETF_CLK_NVML)
+        return etf__freq_nvml_reset(c->nvml_library, n->gpu, diag);
+    const struct etf_sysfs *fs = &c->fs;
     const struct etf_clk_files *f = &clk_files[n->kind];
     char rel[ETF_SYSFS_PATH_MAX], gov[32];
     /* Governor first: under userspace, setspeed is only writable once it is in force. */
@@ -316,13 +322,13 @@ static int restore_node(const struct etf_sysfs *fs, const struct etf_clk_node *n
 
 /* Puts back every node (best effort: one failure does not stop the others) and returns the
  * first failure. */
-static int restore_nodes(const struct etf_sysfs *fs, const struct etf_clk_node *nodes, size_t n,
+static int restore_nodes(const struct etf_clk_ctl *c, const struct etf_clk_node *nodes, size_t n,
                          struct etf_diag *diag)
 {
     int first = 0;
     for (size_t i = 0; i < n; i++) {
         struct etf_diag d = {{0}};
-        int rc = restore_node(fs, &nodes[i], &d);
+        int rc = restore_node(c, &nodes[i], &d);
         if (rc && !first) {
             first = rc;
             if (diag)
@@ -337,25 +343,6 @@ static int restore_nodes(const struct etf_sysfs *fs, const struct etf_clk_node *
 static const char *root_text(const struct etf_sysfs *fs)
 {
     return fs->root[0] ? fs->root : "/";
-}
-
-static int sync_dir_of(const char *path)
-{
-    char dir[256];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (!slash)
-        return 0;
-    if (slash == dir)
-        slash[1] = '\0';
-    else
-        *slash = '\0';
-    int fd = open(dir, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int rc = fsync(fd) == 0 ? 0 : -errno;
-    close(fd);
-    return rc;
 }
 
 static int journal_error(struct etf_diag *diag, int err, const char *what, const char *path, int e)
@@ -380,6 +367,10 @@ static char *format_journal(const struct etf_sysfs *fs, const struct etf_clk_nod
         JOURNAL_MAGIC, root_text(fs));
     for (size_t i = 0; i < n; i++) {
         const struct etf_clk_node *nd = &nodes[i];
+        if (nd->kind == ETF_CLK_NVML) {
+            used += (size_t)snprintf(text + used, cap - used, "nvml gpu=%u\n", nd->gpu);
+            continue;
+        }
         const struct etf_clk_files *f = &clk_files[nd->kind];
         used += (size_t)snprintf(text + used, cap - used,
                                  "%s %s governor=%s min_%s=%" PRIu64 " max_%s=%" PRIu64, f->kind,
@@ -397,52 +388,16 @@ static char *format_journal(const struct etf_sysfs *fs, const struct etf_clk_nod
 /* Replaces the journal atomically: a crash leaves either the old file or the new one. */
 static int write_journal(const char *path, const char *text, size_t len, struct etf_diag *diag)
 {
-    char tmp[300];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
-    if (fd < 0)
-        return journal_error(diag, ETF_EIO, "create its temporary file", path, errno);
-    int rc = 0;
-    for (size_t off = 0; off < len;) {
-        ssize_t w = write(fd, text + off, len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            rc = journal_error(diag, ETF_EIO, "write", path, w < 0 ? errno : EIO);
-            goto remove_tmp;
-        }
-        off += (size_t)w;
-    }
-    if (fsync(fd) != 0) {
-        rc = journal_error(diag, ETF_EIO, "fsync", path, errno);
-        goto remove_tmp;
-    }
-    if (close(fd) != 0) {
-        fd = -1;
-        rc = journal_error(diag, ETF_EIO, "close", path, errno);
-        goto remove_tmp;
-    }
-    fd = -1;
-    if (rename(tmp, path) != 0) {
-        rc = journal_error(diag, ETF_EIO, "rename its temporary file into place", path, errno);
-        goto remove_tmp;
-    }
-    int e = sync_dir_of(path);
-    if (e)
-        return journal_error(diag, ETF_EIO, "fsync its directory", path, -e);
-    return 0;
-remove_tmp:
-    if (fd >= 0)
-        close(fd);
-    unlink(tmp);
-    return rc;
+    const char *what = "";
+    int e = etf__file_replace(path, text, len, &what);
+    return e ? journal_error(diag, ETF_EIO, what, path, -e) : 0;
 }
 
 static int remove_journal(const char *path, struct etf_diag *diag)
 {
     if (unlink(path) != 0 && errno != ENOENT)
         return journal_error(diag, ETF_EIO, "remove", path, errno);
-    sync_dir_of(path);
+    etf__file_sync_dir(path);
     return 0;
 }
 
@@ -463,7 +418,8 @@ static bool parse_kv(const char *tok, const char *key, uint64_t *v)
     return strncmp(tok, key, k) == 0 && tok[k] == '=' && etf__parse_u64(tok + k + 1, v);
 }
 
-/* Parses one node line "<kind> <dir> governor=G min_<u>=N max_<u>=N [setspeed_<u>=N]". */
+/* Parses one node line: "<kind> <dir> governor=G min_<u>=N max_<u>=N [setspeed_<u>=N]" for
+ * sysfs nodes, "nvml gpu=N" for a GPU whose clocks NVML locked. */
 static int parse_node(char *line, struct etf_clk_node *nd, const char *path, int lineno,
                       struct etf_diag *diag)
 {
@@ -481,12 +437,22 @@ static int parse_node(char *line, struct etf_clk_node *nd, const char *path, int
         p = sp + 1;
     }
     memset(nd, 0, sizeof *nd);
+    if (strcmp(tok[0], "nvml") == 0) {
+        uint64_t gpu;
+        nd->kind = ETF_CLK_NVML;
+        if (n < 2 || !parse_kv(tok[1], "gpu", &gpu) || gpu >= NVML_GPUS_MAX)
+            return line_error(diag, path, lineno, "gpu=<NVML index>", n < 2 ? "" : tok[1]);
+        if (n > 2)
+            return line_error(diag, path, lineno, "the end of the line", tok[2]);
+        nd->gpu = (unsigned)gpu;
+        return 0;
+    }
     if (strcmp(tok[0], "devfreq") == 0)
         nd->kind = ETF_CLK_DEVFREQ;
     else if (strcmp(tok[0], "cpufreq") == 0)
         nd->kind = ETF_CLK_CPUFREQ;
     else
-        return line_error(diag, path, lineno, "devfreq, cpufreq or end", tok[0]);
+        return line_error(diag, path, lineno, "devfreq, cpufreq, nvml or end", tok[0]);
     const struct etf_clk_files *f = &clk_files[nd->kind];
     if (n < 2 || !etf__clk_dir_ok(nd->kind, tok[1]))
         return line_error(diag, path, lineno, "a node directory of that kind", n < 2 ? "" : tok[1]);
@@ -517,6 +483,13 @@ static int parse_node(char *line, struct etf_clk_node *nd, const char *path, int
                                     : "no setspeed without the userspace governor",
                           whole);
     return 0;
+}
+
+static bool same_node(const struct etf_clk_node *a, const struct etf_clk_node *b)
+{
+    if ((a->kind == ETF_CLK_NVML) != (b->kind == ETF_CLK_NVML))
+        return false;
+    return a->kind == ETF_CLK_NVML ? a->gpu == b->gpu : strcmp(a->dir, b->dir) == 0;
 }
 
 static int parse_journal(char *text, const char *path, const char *root, struct etf_clk_node **out,
@@ -579,8 +552,11 @@ static int parse_journal(char *text, const char *path, const char *root, struct 
             if (rc)
                 goto free_nodes;
             for (size_t i = 0; i < n; i++) {
-                if (strcmp(nodes[i].dir, nodes[n].dir) == 0) {
-                    rc = line_error(diag, path, lineno, "each node once", nodes[n].dir);
+                if (same_node(&nodes[i], &nodes[n])) {
+                    char gpu[32];
+                    snprintf(gpu, sizeof gpu, "gpu=%u", nodes[n].gpu);
+                    rc = line_error(diag, path, lineno, "each node once",
+                                    nodes[n].kind == ETF_CLK_NVML ? gpu : nodes[n].dir);
                     goto free_nodes;
                 }
             }
@@ -602,9 +578,11 @@ free_nodes:
     return rc;
 }
 
-/* Puts back the journal at path, if any, and removes it. 0 when there is none. */
-static int restore_file(const struct etf_sysfs *fs, const char *path, struct etf_diag *diag)
+/* Puts back the controller's journal, if any, and removes it. 0 when there is none. */
+static int restore_file(const struct etf_clk_ctl *c, struct etf_diag *diag)
 {
+    const struct etf_sysfs *fs = &c->fs;
+    const char *path = c->journal_path;
     char *text = NULL;
     struct etf_clk_node *nodes = NULL;
     size_t n = 0;
@@ -650,10 +628,11 @@ static int restore_file(const struct etf_sysfs *fs, const char *path, struct etf
     rc = parse_journal(text, path, root_text(fs), &nodes, &n, diag);
     if (rc)
         goto free_text;
-    /* Every node must fit the hardware before anything is written. */
+    /* Every node must fit the hardware before anything is written. An nvml entry has
+     * nothing to check: NVML itself finds the GPU, or says it has none. */
     for (size_t i = 0; i < n; i++) {
         struct etf_diag d = {{0}};
-        rc = node_check(fs, &nodes[i], &d);
+        rc = nodes[i].kind == ETF_CLK_NVML ? 0 : node_check(fs, &nodes[i], &d);
         if (rc) {
             rc = etf_diagf(diag, ETF_EFORMAT,
                            "clock journal %s: does not fit this machine: %.300s; nothing was "
@@ -663,7 +642,7 @@ static int restore_file(const struct etf_sysfs *fs, const char *path, struct etf
         }
     }
     struct etf_diag d = {{0}};
-    rc = restore_nodes(fs, nodes, n, &d);
+    rc = restore_nodes(c, nodes, n, &d);
     if (rc) {
         rc = etf_diagf(diag, rc, "clock journal %s: restoring failed, the journal is kept: %.300s",
                        path, d.msg);
@@ -739,6 +718,12 @@ int etf__clk_ctl_setup(struct etf_clk_ctl *c, const struct etf_freq_ops *ops,
                          "clock journal '%.200s': expected an absolute path shorter than %zu bytes",
                          journal, sizeof c->journal_path - 8);
     snprintf(c->journal_path, sizeof c->journal_path, "%s", journal);
+    const char *library = cfg->library_path ? cfg->library_path : "";
+    if (strlen(library) >= sizeof c->nvml_library)
+        return etf_diagf(diag, ETF_EINVAL,
+                         "NVML library '%.200s...': expected a path shorter than %zu bytes",
+                         library, sizeof c->nvml_library);
+    snprintf(c->nvml_library, sizeof c->nvml_library, "%s", library);
     return 0;
 }
 
@@ -752,7 +737,7 @@ int etf__clk_ctl_begin(struct etf_clk_ctl *c, struct etf_diag *diag)
     char tmp[300];
     snprintf(tmp, sizeof tmp, "%s.tmp", c->journal_path);
     unlink(tmp);
-    rc = restore_file(&c->fs, c->journal_path, diag);
+    rc = restore_file(c, diag);
     if (rc) {
         close(c->lock_fd);
         c->lock_fd = -1;
@@ -783,11 +768,19 @@ int etf__clk_ctl_save(struct etf_clk_ctl *c, const struct etf_clk_node *nodes, s
     return rc;
 }
 
+int etf__clk_ctl_discard(struct etf_clk_ctl *c, struct etf_diag *diag)
+{
+    free(c->saved);
+    c->saved = NULL;
+    c->n_saved = 0;
+    return remove_journal(c->journal_path, diag);
+}
+
 int etf__clk_ctl_end(struct etf_clk_ctl *c, struct etf_diag *diag)
 {
     int rc = 0;
     if (c->saved) {
-        rc = restore_nodes(&c->fs, c->saved, c->n_saved, diag);
+        rc = restore_nodes(c, c->saved, c->n_saved, diag);
         /* A failed restore keeps the journal for etfd --restore-clocks. */
         if (!rc)
             rc = remove_journal(c->journal_path, diag);
@@ -823,7 +816,8 @@ int etf_freq_restore_journal(const struct etf_freq_config *cfg, struct etf_diag 
 
 const char *etf_freq_last_error(const struct etf_freq *f)
 {
-    if (f && (f->ops == &etf__freq_devfreq_ops || f->ops == &etf__freq_cpufreq_ops))
+    if (f && (f->ops == &etf__freq_devfreq_ops || f->ops == &etf__freq_cpufreq_ops ||
+              f->ops == &etf__freq_nvml_ops))
         return ((const struct etf_clk_ctl *)f)->error.msg;
     return "";
 }

@@ -1,6 +1,6 @@
-/* What the sysfs frequency controllers (devfreq, cpufreq) share: the clock nodes they
- * drive, pinning a node's clock through its min/max limits, waiting for the clock to show,
- * and the restore journal.
+/* What the frequency controllers that change real clocks (devfreq, cpufreq, nvml) share:
+ * the sysfs clock nodes, pinning a node's clock through its min/max limits, waiting for the
+ * clock to show, and the restore journal.
  *
  * The journal makes clock changes undoable whatever happens to the process: at open, the
  * settings found on every node (governor, min, max, and setspeed under the userspace
@@ -9,6 +9,11 @@
  * etf_freq_restore_journal(), was left by a controller that never closed (crash, kill -9)
  * and is put back first. A lock file beside the journal keeps two processes from driving
  * (and journaling) the clocks at once; the kernel drops it when its holder dies.
+ *
+ * NVML cannot report the locked clocks of a GPU, so an nvml entry records only that the
+ * controller locked (or was about to lock) a GPU's clocks: it is written before the first
+ * lock rather than at open, and putting it back resets the lock, which returns the GPU to its
+ * default clock management.
  *
  * The journal is outside input when read back: it is parsed strictly and every node is
  * checked against the hardware (paths of the expected shape, values among the available
@@ -23,13 +28,19 @@
 /* The controllers built on this file. */
 extern const struct etf_freq_ops etf__freq_devfreq_ops;
 extern const struct etf_freq_ops etf__freq_cpufreq_ops;
+extern const struct etf_freq_ops etf__freq_nvml_ops;
 
 enum etf_clk_kind {
     ETF_CLK_DEVFREQ, /* class/devfreq/<node>: values in Hz */
     ETF_CLK_CPUFREQ, /* a cpufreq policy directory: values in kHz */
+    ETF_CLK_NVML,    /* a GPU whose clocks NVML locked (no sysfs node, no values) */
 };
 
-/* The file names of one kind of node. */
+/* Resets the locked clocks of NVML GPU `gpu` (freq_nvml.c): how an nvml entry is put back.
+ * library_path as etf_freq_config's. */
+int etf__freq_nvml_reset(const char *library_path, unsigned gpu, struct etf_diag *diag);
+
+/* The file names of one kind of sysfs node (devfreq, cpufreq). */
 struct etf_clk_files {
     const char *kind; /* as written in the journal */
     const char *min, *max, *cur, *governor;
@@ -43,6 +54,7 @@ const struct etf_clk_files *etf__clk_files(enum etf_clk_kind kind);
 /* The settings of one node, in the node's own unit. */
 struct etf_clk_node {
     enum etf_clk_kind kind;
+    unsigned gpu;  /* nvml: the GPU's NVML index; nothing below applies */
     char dir[160]; /* relative to the sysfs root */
     char governor[32];
     uint64_t min, max; /* devfreq: 0 = no limit set (older kernels) */
@@ -74,6 +86,7 @@ struct etf_clk_ctl {
     struct etf_diag error; /* the latest failure, for etf_freq_last_error */
     uint64_t timeout_ns;
     char journal_path[256];
+    char nvml_library[256];     /* cfg->library_path, for putting back an nvml entry */
     int lock_fd;                /* -1 when not held */
     struct etf_clk_node *saved; /* what close puts back */
     size_t n_saved;
@@ -90,6 +103,9 @@ int etf__clk_ctl_begin(struct etf_clk_ctl *c, struct etf_diag *diag);
  * the first change. */
 int etf__clk_ctl_save(struct etf_clk_ctl *c, const struct etf_clk_node *nodes, size_t n,
                       struct etf_diag *diag);
+/* Forgets the saved settings and removes the journal, keeping the lock: for a change that
+ * was journaled but then refused, so that nothing is left to put back. */
+int etf__clk_ctl_discard(struct etf_clk_ctl *c, struct etf_diag *diag);
 /* Puts back the saved settings, removes the journal when that worked (else leaves it for
  * etf_freq_restore_journal) and releases the lock. Safe after a failed begin or save. */
 int etf__clk_ctl_end(struct etf_clk_ctl *c, struct etf_diag *diag);

@@ -57,3 +57,8 @@ bool etf__meter_measures(const struct etf_meter *m)
 {
     return m && (m->ops->caps & ETF_METER_CAP_MEASURES);
 }
+
+int etf__meter_read_energy(struct etf_meter *m, uint64_t *energy_uj, uint64_t *at_ns)
+{
+    return m->ops->read_energy(m, energy_uj, at_ns);
+}

@@ -44,5 +44,7 @@ extern const struct etf_meter_ops etf__meter_nvml_ops;
 
 /* True when the meter measures energy itself (NULL = the model meter: false). */
 bool etf__meter_measures(const struct etf_meter *m);
+/* read_energy of a meter that measures. */
+int etf__meter_read_energy(struct etf_meter *m, uint64_t *energy_uj, uint64_t *at_ns);
 
 #endif

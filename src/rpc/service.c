@@ -1799,6 +1799,61 @@ static Efair__Rpc__ModelStats *model_stats_msg(const struct etf_model_stats *ms)
     return s;
 }
 
+/* The scheduler's time and energy by frequency of entity *eid, or of the device when eid
+ * is NULL, in a new array that the caller frees (also on failure; NULL when *n is 0).
+ * ETF_ENOENT when the entity went away. */
+static int freq_rows(struct etf_sched *s, const uint64_t *eid, struct etf_freq_stats **out,
+                     size_t *n)
+{
+    size_t cap = 0;
+    *out = NULL;
+    *n = 0;
+    for (;;) {
+        size_t have = 0;
+        int rc = eid ? etf_entity_freq_stats(s, *eid, *out, cap, &have)
+                     : etf_sched_freq_stats(s, *out, cap, &have);
+        if (rc)
+            return rc;
+        if (have <= cap) {
+            *n = have;
+            return 0;
+        }
+        struct etf_freq_stats *v = realloc(*out, have * sizeof *v);
+        if (!v)
+            return ETF_ENOMEM;
+        *out = v;
+        cap = have; /* more rows may come meanwhile: ask again */
+    }
+}
+
+/* The FrequencyStats messages of *eid (NULL = the device) into *msgs / *n_msgs, which the
+ * enclosing message owns (freed with it, also after a failure). */
+static int freq_stats_msgs(struct etf_service *svc, const uint64_t *eid,
+                           Efair__Rpc__FrequencyStats ***msgs, size_t *n_msgs)
+{
+    struct etf_freq_stats *rows;
+    size_t n;
+    int rc = freq_rows(svc->sched, eid, &rows, &n);
+    if (rc == 0 && n && !(*msgs = calloc(n, sizeof **msgs)))
+        rc = ETF_ENOMEM;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        Efair__Rpc__FrequencyStats *f;
+        NEW_MESSAGE(f, efair__rpc__frequency_stats__init);
+        if (!f) {
+            rc = ETF_ENOMEM;
+            break;
+        }
+        f->frequency_hz = rows[i].hz;
+        f->kernels = rows[i].kernels;
+        f->time_us = rows[i].time_ns / 1000u;
+        f->energy_uj = (double)rows[i].energy_nj / 1000.0;
+        f->models = rows[i].models > UINT32_MAX ? UINT32_MAX : (uint32_t)rows[i].models;
+        (*msgs)[(*n_msgs)++] = f;
+    }
+    free(rows);
+    return rc;
+}
+
 /* Fills one entity's message from the scheduler. ETF_ENOENT when it went away meanwhile. */
 static int entity_stats_msg(struct etf_service *svc, uint64_t eid, const uint64_t *mids,
                             const uint64_t *model_eids, size_t n_mids,
@@ -1839,6 +1894,11 @@ static int entity_stats_msg(struct etf_service *svc, uint64_t eid, const uint64_
             return ETF_ENOMEM;
         }
         e->n_models++;
+    }
+    int rc = freq_stats_msgs(svc, &eid, &e->frequencies, &e->n_frequencies);
+    if (rc) {
+        protobuf_c_message_free_unpacked(&e->base, NULL);
+        return rc;
     }
     *out = e;
     return 0;
@@ -1913,7 +1973,8 @@ int etf_service_get_stats(struct etf_service *svc, const Efair__Rpc__GetStatsReq
     r->busy_us = ss.busy_ns / 1000u;
     r->energy_uj = (double)(ss.measured_energy_nj ? ss.measured_energy_nj : ss.energy_nj) / 1000.0;
     if (!(r->device = strdup(info.device)) || !(r->meter = strdup(info.meter)) ||
-        !(r->freq = strdup(info.freq))) {
+        !(r->freq = strdup(info.freq)) ||
+        freq_stats_msgs(svc, NULL, &r->frequencies, &r->n_frequencies) != 0) {
         rc = etf_diagf(diag, ETF_ENOMEM, "out of memory");
         goto cleanup;
     }
@@ -1938,6 +1999,63 @@ size_t etf_service_tasks_finished(struct etf_service *svc)
     size_t n = svc->n_rows;
     svc_unlock(svc);
     return n;
+}
+
+/* One table of the summary by frequency: a row per frequency, with its share of the
+ * table's time and energy. */
+static void print_freq_rows(FILE *f, const struct etf_freq_stats *v, size_t n)
+{
+    uint64_t time = 0, energy = 0;
+    for (size_t i = 0; i < n; i++) {
+        time += v[i].time_ns;
+        energy += v[i].energy_nj;
+    }
+    fprintf(f, "%14s %10s %16s %7s %16s %7s\n", "frequency_hz", "kernels", "time_us", "time%",
+            "energy_uj", "energy%");
+    for (size_t i = 0; i < n; i++)
+        fprintf(f,
+                "%14" PRIu64 " %10" PRIu64 " %12" PRIu64 ".%03u %7.2f %12" PRIu64 ".%03u %7.2f\n",
+                v[i].hz, v[i].kernels, v[i].time_ns / 1000u, (unsigned)(v[i].time_ns % 1000u),
+                time ? 100.0 * (double)v[i].time_ns / (double)time : 0.0, v[i].energy_nj / 1000u,
+                (unsigned)(v[i].energy_nj % 1000u),
+                energy ? 100.0 * (double)v[i].energy_nj / (double)energy : 0.0);
+}
+
+/* The device's time and energy by frequency, then each client entity's that ran at more
+ * than one. */
+static int print_freq_summary(struct etf_service *svc, FILE *f)
+{
+    svc_lock(svc);
+    size_t n_eids = svc->n_eids;
+    uint64_t *eids = malloc((n_eids + 1) * sizeof *eids);
+    if (eids && n_eids)
+        memcpy(eids, svc->eids, n_eids * sizeof *eids);
+    svc_unlock(svc);
+    struct etf_freq_stats *rows = NULL;
+    size_t n = 0;
+    int rc = eids ? freq_rows(svc->sched, NULL, &rows, &n) : ETF_ENOMEM;
+    if (rc == 0) {
+        fprintf(f, "etfd: summary by frequency (modelled energy)\n");
+        print_freq_rows(f, rows, n);
+    }
+    for (size_t i = 0; rc == 0 && i < n_eids; i++) {
+        free(rows);
+        rc = freq_rows(svc->sched, &eids[i], &rows, &n);
+        if (rc == ETF_ENOENT) {
+            rc = 0;
+            continue;
+        }
+        size_t ran = 0;
+        for (size_t k = 0; rc == 0 && k < n; k++)
+            ran += rows[k].kernels > 0;
+        if (ran > 1) {
+            fprintf(f, "etfd: entity %" PRIu64 " by frequency\n", eids[i]);
+            print_freq_rows(f, rows, n);
+        }
+    }
+    free(rows);
+    free(eids);
+    return rc;
 }
 
 int etf_service_print_summary(struct etf_service *svc, FILE *f)
@@ -1969,9 +2087,12 @@ int etf_service_print_summary(struct etf_service *svc, FILE *f)
                 (unsigned)(rec->time_ns % 1000u), rec->energy_nj / 1000u,
                 (unsigned)(rec->energy_nj % 1000u));
     }
+    free(recs);
+    int rc = print_freq_summary(svc, f);
     if (dropped)
         fprintf(f, "etfd: %zu finished task(s) missing from tasks.csv (out of memory)\n", dropped);
-    free(recs);
+    if (rc)
+        return rc;
     return fflush(f) == 0 && !ferror(f) ? 0 : ETF_EIO;
 }
 

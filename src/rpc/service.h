@@ -94,7 +94,10 @@ int etf_service_infer(struct etf_service *svc, const Efair__Rpc__InferRequest *r
 /* ---- After the run (dispatcher stopped) ---- */
 
 /* The original ETF's summary: per model ever loaded, its id, entity, name, frequency (Hz),
- * tasks, total time (µs) and total energy (µJ). */
+ * tasks, total time (µs) and total energy (µJ). Then the device's kernels, time and
+ * modelled energy by frequency (every entity there has been, calibration runs included),
+ * and the same for each client entity that ran at more than one frequency. Errors:
+ * ETF_ENOMEM, ETF_EIO. */
 int etf_service_print_summary(struct etf_service *svc, FILE *f);
 /* Every task that finished, in completion order, in the original tasks.csv format:
  * task_id,entity_id,model_id,start_t,end_t,service_time,energy_used

@@ -52,12 +52,31 @@
 #define TYPICAL_ALPHA 0.2
 #define TYPICAL_RESHARE 0.2
 #define TASKS_PER_CHUNK 256
+/* Kernels an asynchronous device may hold between two fences within one turn. */
+#define MAX_PENDING_RUNS 1024
 /* Measured energy: defaults of the configuration (sched.h). */
 #define DEFAULT_SAMPLE_NS 20000000ull
 #define DEFAULT_WINDOW_NS 500000000ull
 #define DEFAULT_LEDGER_TURNS 16384u
 /* Weight of the newest window in an entity's measured power. */
 #define MEASURED_ALPHA 0.5
+
+/* Time and energy charged at one frequency (etf_freq_stats). A slot with no model loaded
+ * and nothing charged is free: the next new frequency takes it over. */
+struct freq_acct {
+    uint64_t hz;
+    uint64_t kernels, time_ns, energy_nj;
+    size_t models; /* loaded models at hz */
+};
+
+/* One row per distinct frequency, in no order (indices are stable: models keep theirs).
+ * Rows are added at model load, never on the dispatch path, so it holds at most as many
+ * rows as there have been distinct frequencies among the models loaded at once or charged
+ * so far. */
+struct freq_table {
+    struct freq_acct *v;
+    size_t n, cap;
+};
 
 struct task {
     struct task *next; /* in the entity's FCFS queue, or in the free list */
@@ -98,6 +117,7 @@ struct entity {
      * stepping thread frees it when the turn ends. */
     bool deleted;
     uint64_t tasks_done, time_ns, energy_nj;
+    struct freq_table freqs; /* the same split by frequency */
     /* Measured energy attributed to it, and its device time in the intervals measured. */
     uint64_t measured_nj, measured_ns;
     /* The current window of measurement and the power learnt from past windows; once
@@ -121,6 +141,16 @@ struct model {
     struct etf_dmodel *dm;
     size_t queued;
     uint64_t tasks_done, time_ns, energy_nj;
+    /* Its frequency's rows in its entity's table and in the scheduler's (struct freq_table):
+     * charging a kernel adds to both without a search. */
+    size_t entity_freq, device_freq;
+};
+
+/* A kernel submitted to the device and not yet completed by a fence. */
+struct pending_run {
+    struct etf_kernel_run run;
+    struct task *task;
+    double estimate_ns; /* what the turn planned for it */
 };
 
 struct etf_sched {
@@ -130,6 +160,14 @@ struct etf_sched {
 
     struct etf_clock clock;
     struct etf_device *dev;
+    /* The device runs kernels asynchronously: a turn submits kernels up to its slice (by
+     * their measured mean times) and fences once; see etf_sched_step. */
+    bool async;
+    /* The current turn's kernels not yet fenced, a ring of n_pending from pending_head (the
+     * device holds pointers to their runs); the stepping thread's alone. */
+    struct pending_run pending[MAX_PENDING_RUNS];
+    size_t pending_head, n_pending;
+    double planned_ns; /* the sum of their estimates */
     struct etf_meter *meter;
     struct etf_freq *freq;
     bool can_set_freq;
@@ -175,6 +213,7 @@ struct etf_sched {
     struct etf_attrib attrib; /* the sampler's alone: no lock */
 
     struct etf_sched_stats stats;
+    struct freq_table freqs; /* stats.busy_ns and energy_nj split by frequency */
 };
 
 static void lock(struct etf_sched *s)
@@ -232,6 +271,68 @@ static void task_free(struct etf_sched *s, struct task *t)
 {
     t->next = s->free_tasks;
     s->free_tasks = t;
+}
+
+/* ---- Accounting by frequency ---- */
+
+/* The row of hz in t: the one it has, else a free row taken over, else a new one; SIZE_MAX
+ * when out of memory. Called at model load (lock held), never on the dispatch path. */
+static size_t freq_slot(struct freq_table *t, uint64_t hz)
+{
+    size_t free_row = SIZE_MAX;
+    for (size_t i = 0; i < t->n; i++) {
+        if (t->v[i].hz == hz)
+            return i;
+        if (free_row == SIZE_MAX && t->v[i].models == 0 && t->v[i].kernels == 0)
+            free_row = i;
+    }
+    if (free_row == SIZE_MAX) {
+        if (t->n == t->cap) {
+            size_t cap = t->cap ? 2 * t->cap : 2;
+            struct freq_acct *v = realloc(t->v, cap * sizeof *v);
+            if (!v)
+                return SIZE_MAX;
+            t->v = v;
+            t->cap = cap;
+        }
+        free_row = t->n++;
+    }
+    t->v[free_row] = (struct freq_acct){.hz = hz};
+    return free_row;
+}
+
+/* Writes the rows in use of t to out (at most cap) in ascending order of hz and returns how
+ * many there are. Rows are few (one per distinct frequency), so a selection is enough. */
+static size_t freq_copy(const struct freq_table *t, struct etf_freq_stats *out, size_t cap)
+{
+    size_t n = 0;
+    uint64_t prev = 0;
+    for (;;) {
+        const struct freq_acct *next = NULL;
+        for (size_t i = 0; i < t->n; i++) {
+            const struct freq_acct *a = &t->v[i];
+            if ((a->models == 0 && a->kernels == 0) || (n > 0 && a->hz <= prev))
+                continue;
+            if (!next || a->hz < next->hz)
+                next = a;
+        }
+        if (!next)
+            return n;
+        if (n < cap)
+            out[n] = (struct etf_freq_stats){.hz = next->hz,
+                                             .kernels = next->kernels,
+                                             .time_ns = next->time_ns,
+                                             .energy_nj = next->energy_nj,
+                                             .models = next->models};
+        n++;
+        prev = next->hz;
+    }
+}
+
+static void entity_free(struct entity *e)
+{
+    free(e->freqs.v);
+    free(e);
 }
 
 /* ---- Runnable set and allocation ---- */
@@ -399,6 +500,13 @@ static void finish_head(struct etf_sched *s, struct entity *e, int status, uint6
 
 /* ---- The step ---- */
 
+static void freq_add(struct freq_acct *a, uint64_t busy_ns, uint64_t energy_nj)
+{
+    a->kernels++;
+    a->time_ns += busy_ns;
+    a->energy_nj += energy_nj;
+}
+
 static void charge(struct etf_sched *s, struct entity *e, struct model *m, struct task *t,
                    const struct etf_kernel_run *run)
 {
@@ -416,6 +524,10 @@ static void charge(struct etf_sched *s, struct entity *e, struct model *m, struc
     s->stats.busy_ns += busy;
     s->stats.energy_nj += energy;
     s->stats.dispatches++;
+    /* By frequency: the run's clock is its model's (run->freq_hz = m->freq_hz), whose rows
+     * the model has held since its load. */
+    freq_add(&e->freqs.v[m->entity_freq], busy, energy);
+    freq_add(&s->freqs.v[m->device_freq], busy, energy);
 }
 
 static void end_turn(struct etf_sched *s, struct entity *e, uint64_t used_ns)
@@ -439,7 +551,92 @@ static void end_turn(struct etf_sched *s, struct entity *e, uint64_t used_ns)
     if (least > s->min_vruntime)
         s->min_vruntime = least;
     if (e->deleted)
-        free(e);
+        entity_free(e);
+}
+
+/* The first task of e with kernels still to submit, or NULL. Tasks whose kernels have all
+ * been submitted stay at the head of the queue until a fence completes them. */
+static struct task *next_to_submit(const struct entity *e)
+{
+    struct task *t = e->head;
+    while (t && t->next_kernel == t->model->n_kernels)
+        t = t->next;
+    return t;
+}
+
+/* The device time kernel k of m is expected to take: the mean of its runs so far, or a
+ * negative value when it has never run. */
+static double kernel_estimate(const struct model *m, size_t k)
+{
+    if (m->kernel_runs[k] == 0)
+        return -1.0;
+    return (double)m->kernel_ns[k] / (double)m->kernel_runs[k];
+}
+
+static struct pending_run *pending_at(struct etf_sched *s, size_t i)
+{
+    return &s->pending[(s->pending_head + i) % MAX_PENDING_RUNS];
+}
+
+/* Completes the n oldest pending runs of e's turn (all when n exceeds their number):
+ * fences an asynchronous device, charges each run at its measured time (adding it to
+ * *used) and finishes the tasks whose last kernel ran. If the fence fails, every pending
+ * run is lost and the tasks they belong to fail with its error. Called with the lock held;
+ * drops it around the fence and the completion callbacks. */
+static int settle(struct etf_sched *s, struct entity *e, uint64_t *used, size_t n)
+{
+    if (n > s->n_pending)
+        n = s->n_pending;
+    if (n == 0)
+        return 0;
+    int rc = 0;
+    if (s->async) {
+        unlock(s);
+        rc = etf__device_fence(s->dev, n);
+        lock(s);
+        s->stats.fences++;
+    }
+    if (rc) {
+        /* The lost runs' tasks are the first ones of e's queue, in order. */
+        size_t tasks = 0;
+        for (size_t i = 0; i < s->n_pending; i++)
+            if (i == 0 || pending_at(s, i)->task != pending_at(s, i - 1)->task)
+                tasks++;
+        s->n_pending = 0;
+        s->planned_ns = 0;
+        while (tasks-- > 0 && e->head)
+            finish_head(s, e, rc, now_ns(s));
+        return rc;
+    }
+    for (size_t i = 0; i < n; i++) {
+        /* Taken off the ring first: finish_head drops the lock. */
+        const struct pending_run *pr = pending_at(s, 0);
+        s->pending_head = (s->pending_head + 1) % MAX_PENDING_RUNS;
+        s->n_pending--;
+        s->planned_ns -= pr->estimate_ns;
+        struct task *t = pr->task;
+        struct model *m = t->model;
+        charge(s, e, m, t, &pr->run);
+        *used += pr->run.busy_ns;
+        if (pr->run.kernel + 1 == m->n_kernels)
+            finish_head(s, e, 0, now_ns(s));
+    }
+    if (s->n_pending == 0)
+        s->planned_ns = 0; /* no drift from the subtractions */
+    return 0;
+}
+
+/* How many of the oldest pending runs make up the first task they finish (all of them
+ * if none ends a task). Completing just those lets the GPU go on with the rest while the
+ * host hands the finished task back. */
+static size_t first_task_end(struct etf_sched *s)
+{
+    for (size_t i = 0; i < s->n_pending; i++) {
+        const struct pending_run *pr = pending_at(s, i);
+        if (pr->run.kernel + 1 == pr->task->model->n_kernels)
+            return i + 1;
+    }
+    return s->n_pending;
 }
 
 int etf_sched_step(struct etf_sched *s, bool *ran)
@@ -467,17 +664,43 @@ int etf_sched_step(struct etf_sched *s, bool *ran)
         s->turn_open = true;
     }
 
+    /* used: device time measured so far. A synchronous device completes each kernel at
+     * once. An asynchronous one gets the turn's kernels as far as their expected times
+     * (planned_ns) fill the slice and is fenced: at the end of the turn; before a clock
+     * switch (kernels are charged at the clock they ran at); when it or the pending ring is
+     * full; after a kernel that never ran (its first run teaches the estimate); and, when
+     * every queued kernel is submitted, up to the end of the oldest task, so that its
+     * completion (and the client's next request) is handled while the GPU runs the rest. */
     uint64_t used = 0;
-    while (e->head && (double)used < e->slice_ns) {
-        struct task *t = e->head;
+    for (;;) {
+        struct task *t = next_to_submit(e);
+        if ((double)used + s->planned_ns >= e->slice_ns)
+            break;
+        if (!t) {
+            if (s->n_pending == 0)
+                break;
+            if ((rc = settle(s, e, &used, first_task_end(s))) != 0)
+                break;
+            continue;
+        }
         struct model *m = t->model;
+        bool switching = s->can_set_freq && s->cur_hz != m->freq_hz;
+        if (switching && s->n_pending) {
+            if ((rc = settle(s, e, &used, SIZE_MAX)) != 0)
+                break;
+            continue;
+        }
         if (!t->started) {
             t->started = true;
             t->start_ns = now_ns(s);
         }
-        struct etf_kernel_run run = {
-            .dm = m->dm, .kernel = t->next_kernel, .freq_hz = m->freq_hz, .io = t->io};
-        bool switching = s->can_set_freq && s->cur_hz != m->freq_hz;
+        size_t k = t->next_kernel;
+        double estimate = kernel_estimate(m, k);
+        struct pending_run *pr = pending_at(s, s->n_pending);
+        pr->run = (struct etf_kernel_run){
+            .dm = m->dm, .kernel = k, .freq_hz = m->freq_hz, .io = t->io};
+        pr->task = t;
+        pr->estimate_ns = estimate > 0 ? estimate : 0;
         unlock(s);
 
         int krc = 0;
@@ -487,7 +710,8 @@ int etf_sched_step(struct etf_sched *s, bool *ran)
             switched = krc == 0;
         }
         if (krc == 0)
-            krc = etf__device_launch(s->dev, &run);
+            krc = s->async ? etf__device_submit(s->dev, &pr->run)
+                           : etf__device_launch(s->dev, &pr->run);
 
         lock(s);
         if (switched) {
@@ -500,18 +724,31 @@ int etf_sched_step(struct etf_sched *s, bool *ran)
             s->cur_hz = 0;
             s->stats.freq_errors++;
         }
+        if (krc == ETF_EBUSY && s->async && s->n_pending) {
+            if ((rc = settle(s, e, &used, first_task_end(s))) != 0)
+                break;
+            continue;
+        }
         if (krc) {
             /* The task cannot run; end the turn so that a client resubmitting from on_done
-             * cannot keep this loop spinning on a failing device. */
+             * cannot keep this loop spinning on a failing device. What ran before it is
+             * completed first, so that the failing task is at the head. */
             rc = krc;
-            finish_head(s, e, krc, now_ns(s));
+            settle(s, e, &used, SIZE_MAX);
+            if (e->head == t)
+                finish_head(s, e, krc, now_ns(s));
             break;
         }
-        charge(s, e, m, t, &run);
-        used += run.busy_ns;
-        if (++t->next_kernel == m->n_kernels)
-            finish_head(s, e, 0, now_ns(s));
+        s->n_pending++;
+        s->planned_ns += pr->estimate_ns;
+        t->next_kernel++;
+        if (!s->async || estimate < 0 || s->n_pending == MAX_PENDING_RUNS) {
+            if ((rc = settle(s, e, &used, SIZE_MAX)) != 0)
+                break;
+        }
     }
+    if (rc == 0)
+        rc = settle(s, e, &used, SIZE_MAX);
     if (s->measuring) {
         if (used > 0) {
             struct etf_ledger_entry le = {.eid = e->eid,
@@ -579,7 +816,7 @@ static void fail_queued(struct etf_sched *s)
         if (e->runnable)
             leave(s, e);
         if (e->deleted)
-            free(e);
+            entity_free(e);
     }
 }
 
@@ -794,6 +1031,7 @@ int etf_sched_create(const struct etf_sched_config *cfg, struct etf_sched **out,
 
     s->clock = cfg->clock ? *cfg->clock : etf_monotonic_clock;
     s->dev = cfg->device;
+    s->async = etf__device_async(s->dev);
     s->meter = cfg->meter;
     s->freq = cfg->freq;
     s->can_set_freq = etf__freq_can_set(s->freq);
@@ -861,8 +1099,12 @@ void etf_sched_destroy(struct etf_sched *s)
         if (m)
             model_free(s, m);
     }
-    for (size_t i = 0; i < s->entities.n; i++)
-        free(etf__idmap_slot(&s->entities, i));
+    for (size_t i = 0; i < s->entities.n; i++) {
+        struct entity *e = etf__idmap_slot(&s->entities, i);
+        if (e)
+            entity_free(e);
+    }
+    free(s->freqs.v);
     while (s->chunks) {
         struct task_chunk *next = s->chunks->next;
         free(s->chunks);
@@ -968,7 +1210,7 @@ int etf_entity_delete(struct etf_sched *s, uint64_t eid, struct etf_diag *diag)
         if (e->on_cpu)
             e->deleted = true;
         else
-            free(e);
+            entity_free(e);
     }
     unlock(s);
     return rc;
@@ -1050,11 +1292,19 @@ int etf_model_load(struct etf_sched *s, uint64_t eid, const struct etf_model_spe
         goto fail_model;
 
     lock(s);
-    rc = etf__idmap_add(&s->models, m, &m->mid);
+    /* Its rows by frequency, so that charging it never searches nor allocates. */
+    m->entity_freq = freq_slot(&e->freqs, m->freq_hz);
+    m->device_freq = freq_slot(&s->freqs, m->freq_hz);
+    if (m->entity_freq == SIZE_MAX || m->device_freq == SIZE_MAX)
+        rc = ETF_ENOMEM; /* a row taken stays free: nothing to undo */
+    else
+        rc = etf__idmap_add(&s->models, m, &m->mid);
     if (rc == 0) {
         m->profile = spec->profile; /* ownership moves only on success */
         m->entity = e;
         e->models++;
+        e->freqs.v[m->entity_freq].models++;
+        s->freqs.v[m->device_freq].models++;
         if (m->has_power) {
             e->profile_power_sum += m->power_mw;
             e->powered_models++;
@@ -1092,6 +1342,8 @@ int etf_model_unload(struct etf_sched *s, uint64_t mid, struct etf_diag *diag)
         etf__idmap_remove(&s->models, mid);
         struct entity *e = m->entity;
         e->models--;
+        e->freqs.v[m->entity_freq].models--;
+        s->freqs.v[m->device_freq].models--;
         if (m->has_power) {
             e->profile_power_sum -= m->power_mw;
             e->powered_models--;
@@ -1221,4 +1473,27 @@ void etf_sched_stats(struct etf_sched *s, struct etf_sched_stats *out)
     out->models = s->models.live;
     out->tasks_queued = s->queued;
     unlock(s);
+}
+
+int etf_entity_freq_stats(struct etf_sched *s, uint64_t eid, struct etf_freq_stats *out, size_t cap,
+                          size_t *n)
+{
+    if (!n || (!out && cap))
+        return ETF_EINVAL;
+    lock(s);
+    struct entity *e = etf__idmap_get(&s->entities, eid);
+    if (e)
+        *n = freq_copy(&e->freqs, out, cap);
+    unlock(s);
+    return e ? 0 : ETF_ENOENT;
+}
+
+int etf_sched_freq_stats(struct etf_sched *s, struct etf_freq_stats *out, size_t cap, size_t *n)
+{
+    if (!n || (!out && cap))
+        return ETF_EINVAL;
+    lock(s);
+    *n = freq_copy(&s->freqs, out, cap);
+    unlock(s);
+    return 0;
 }

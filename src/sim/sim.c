@@ -611,6 +611,32 @@ static double jain(const struct etf_sim_tenant_result *t, size_t n, bool energy)
     return sum_sq > 0 ? sum * sum / ((double)n * sum_sq) : 0;
 }
 
+/* The rows by frequency of entity *eid (NULL = the whole device), in a new array the
+ * caller frees (also on failure). */
+static int freq_rows(struct etf_sched *s, const uint64_t *eid, struct etf_freq_stats **out,
+                     size_t *n)
+{
+    size_t cap = 0;
+    *out = NULL;
+    *n = 0;
+    for (;;) {
+        size_t have = 0;
+        int err = eid ? etf_entity_freq_stats(s, *eid, *out, cap, &have)
+                      : etf_sched_freq_stats(s, *out, cap, &have);
+        if (err)
+            return err;
+        if (have <= cap) {
+            *n = have;
+            return 0;
+        }
+        struct etf_freq_stats *v = realloc(*out, have * sizeof *v);
+        if (!v)
+            return ETF_ENOMEM;
+        *out = v;
+        cap = have;
+    }
+}
+
 static int compute_result(struct etf_sim *sim, uint64_t host_ns, struct etf_diag *diag)
 {
     const struct etf_scenario *sc = sim->sc;
@@ -667,6 +693,16 @@ static int compute_result(struct etf_sim *sim, uint64_t host_ns, struct etf_diag
         t->alloc_share = t->slice_ns / ((double)sc->quantum_us * 1000.0);
         total_time += es.time_ns;
         total_energy += t->energy_nj;
+        if (freq_rows(sim->sched, &es.eid, &t->freqs, &t->n_freqs) != 0) {
+            free(offset);
+            free(lat);
+            return etf_diagf(diag, ETF_ENOMEM, "run: out of memory");
+        }
+    }
+    if (freq_rows(sim->sched, NULL, &r->freqs, &r->n_freqs) != 0) {
+        free(offset);
+        free(lat);
+        return etf_diagf(diag, ETF_ENOMEM, "run: out of memory");
     }
     for (size_t i = 0; i < n; i++) {
         struct etf_sim_tenant_result *t = &r->tenants[i];
@@ -835,6 +871,39 @@ static void put_micro(struct buf *b, uint64_t nano)
     bprintf(b, "%" PRIu64 ".%03" PRIu64, nano / 1000u, nano % 1000u);
 }
 
+static double ratio(uint64_t part, uint64_t whole)
+{
+    return whole ? (double)part / (double)whole : 0;
+}
+
+/* A "per_frequency" array: one object per row, on a line of its own after `indent` when
+ * indent is given, else all on the current line. */
+static void put_freqs(struct buf *b, const struct etf_freq_stats *f, size_t n, const char *indent)
+{
+    uint64_t time = 0, energy = 0;
+    for (size_t i = 0; i < n; i++) {
+        time += f[i].time_ns;
+        energy += f[i].energy_nj;
+    }
+    bprintf(b, "\"per_frequency\": [");
+    for (size_t i = 0; i < n; i++) {
+        if (indent)
+            bprintf(b, "%s\n%s  ", i ? "," : "", indent);
+        else if (i)
+            bprintf(b, ", ");
+        bprintf(b, "{\"hz\": %" PRIu64 ", \"kernels\": %" PRIu64 ", \"time_us\": ", f[i].hz,
+                f[i].kernels);
+        put_micro(b, f[i].time_ns);
+        bprintf(b, ", \"energy_uj\": ");
+        put_micro(b, f[i].energy_nj);
+        bprintf(b, ", \"time_share\": %.6f, \"energy_share\": %.6f}", ratio(f[i].time_ns, time),
+                ratio(f[i].energy_nj, energy));
+    }
+    if (indent && n)
+        bprintf(b, "\n%s", indent);
+    bprintf(b, "]");
+}
+
 static int check_ran(const struct etf_sim *sim, struct etf_diag *diag)
 {
     if (!sim || !sim->result.tenants)
@@ -862,8 +931,10 @@ int etf_sim_report_json(const struct etf_sim *sim, unsigned flags, char **out,
     bprintf(&b, "  \"energy\": \"%s\",\n  \"idle_energy_uj\": ",
             r->measured ? "measured" : "modelled");
     put_micro(&b, r->idle_energy_nj);
-    bprintf(&b, ",\n  \"jain_time\": %.6f,\n  \"jain_energy\": %.6f,\n  \"tenants\": [",
-            r->jain_time, r->jain_energy);
+    bprintf(&b, ",\n  \"jain_time\": %.6f,\n  \"jain_energy\": %.6f,\n  ", r->jain_time,
+            r->jain_energy);
+    put_freqs(&b, r->freqs, r->n_freqs, "  ");
+    bprintf(&b, ",\n  \"tenants\": [");
     for (size_t i = 0; i < r->n_tenants; i++) {
         const struct etf_sim_tenant_result *t = &r->tenants[i];
         bprintf(&b, "%s\n    {\"name\": ", i ? "," : "");
@@ -882,7 +953,9 @@ int etf_sim_report_json(const struct etf_sim *sim, unsigned flags, char **out,
         put_micro(&b, t->latency_p50_ns);
         bprintf(&b, ", \"p99\": ");
         put_micro(&b, t->latency_p99_ns);
-        bprintf(&b, "}}");
+        bprintf(&b, "}, ");
+        put_freqs(&b, t->freqs, t->n_freqs, NULL);
+        bprintf(&b, "}");
     }
     bprintf(&b, "\n  ]\n}\n");
     if (b.oom) {
@@ -945,6 +1018,26 @@ int etf_sim_write_tasks_csv(const struct etf_sim *sim, FILE *f, struct etf_diag 
     return err;
 }
 
+/* The rows of a table by frequency, one line each, with shares of the table's totals. */
+static void print_freqs(FILE *f, const struct etf_freq_stats *v, size_t n)
+{
+    uint64_t time = 0, energy = 0;
+    for (size_t i = 0; i < n; i++) {
+        time += v[i].time_ns;
+        energy += v[i].energy_nj;
+    }
+    fprintf(f, "  %-16s %10s %7s %10s %7s %12s\n", "frequency", "time s", "time%", "energy J",
+            "energy%", "kernels");
+    for (size_t i = 0; i < n; i++) {
+        char hz[32] = "unknown";
+        if (v[i].hz)
+            snprintf(hz, sizeof hz, "%" PRIu64 " Hz", v[i].hz);
+        fprintf(f, "  %-16s %10.3f %7.2f %10.3f %7.2f %12" PRIu64 "\n", hz,
+                (double)v[i].time_ns / 1e9, 100 * ratio(v[i].time_ns, time),
+                (double)v[i].energy_nj / 1e9, 100 * ratio(v[i].energy_nj, energy), v[i].kernels);
+    }
+}
+
 int etf_sim_print_summary(const struct etf_sim *sim, FILE *f, struct etf_diag *diag)
 {
     int err = check_ran(sim, diag);
@@ -970,6 +1063,20 @@ int etf_sim_print_summary(const struct etf_sim *sim, FILE *f, struct etf_diag *d
     else
         fprintf(f, "energy: modelled (kernel time x profiled power)\n");
     fprintf(f, "scheduler: %.1f ns per dispatch (host time)\n", r->sched_ns_per_dispatch);
+    /* The device's split by frequency, and a tenant's when it ran at more than one. */
+    fprintf(f, "device by frequency%s:\n",
+            r->measured ? " (energy modelled: kernel time x profiled power)" : "");
+    print_freqs(f, r->freqs, r->n_freqs);
+    for (size_t i = 0; i < r->n_tenants; i++) {
+        const struct etf_sim_tenant_result *t = &r->tenants[i];
+        size_t ran = 0;
+        for (size_t k = 0; k < t->n_freqs; k++)
+            ran += t->freqs[k].kernels > 0;
+        if (ran > 1) {
+            fprintf(f, "tenant %s by frequency:\n", t->name);
+            print_freqs(f, t->freqs, t->n_freqs);
+        }
+    }
     if (fflush(f) != 0 || ferror(f))
         return etf_diagf(diag, ETF_EIO, "cannot write the summary");
     return 0;
@@ -993,7 +1100,10 @@ void etf_sim_destroy(struct etf_sim *sim)
             free(sim->models[i].tensors[k]);
         free(sim->models[i].tensors);
     }
+    for (size_t i = 0; sim->result.tenants && i < sim->result.n_tenants; i++)
+        free(sim->result.tenants[i].freqs);
     free(sim->result.tenants);
+    free(sim->result.freqs);
     free(sim->tasks);
     free(sim->heap);
     free(sim->tenants);

@@ -339,12 +339,29 @@ class ServerTest(unittest.TestCase):
         self.assertEqual(m.time_us, r.service_time_us)
         self.assertAlmostEqual(m.energy_uj, r.energy_uj, places=3)
         self.assertEqual(e.time_us, m.time_us)
+        # By frequency: a row per clock of its models, ascending; only the top one ran.
+        self.assertEqual([f.frequency_hz for f in e.frequencies],
+                         [R18_LOW_HZ, 318750000, R18_TOP_HZ])
+        self.assertEqual([(f.models, f.kernels, f.time_us) for f in e.frequencies[:2]],
+                         [(1, 0, 0), (1, 0, 0)])
+        top = e.frequencies[2]
+        self.assertEqual(top.models, 3)
+        self.assertGreater(top.kernels, 0)
+        self.assertEqual(top.time_us, r.service_time_us)
+        self.assertAlmostEqual(top.energy_uj, r.energy_uj, places=3)
         s = self.stats()
         self.assertEqual((s.device, s.meter, s.freq, s.quantum_us), ("sim", "model", "sim", 40000))
         self.assertAlmostEqual(s.phi, 0.7)
         self.assertIn(eid, [x.eid for x in s.entities])
         self.assertGreaterEqual(s.busy_us, r.service_time_us)
         self.assertGreaterEqual(s.dispatches, 24)
+        hz = [f.frequency_hz for f in s.frequencies]
+        self.assertEqual(hz, sorted(set(hz)))
+        self.assertIn(R18_TOP_HZ, hz)
+        self.assertEqual(sum(f.kernels for f in s.frequencies), s.dispatches)
+        busy = sum(f.time_us for f in s.frequencies)
+        self.assertTrue(busy <= s.busy_us <= busy + len(hz), (busy, s.busy_us))
+        self.assertAlmostEqual(sum(f.energy_uj for f in s.frequencies), s.energy_uj, places=2)
 
         for m in e.models:
             self.assertTrue(self.stub.UnloadModel(pb.UnloadModelRequest(mid=m.mid),
@@ -635,6 +652,12 @@ class ShutdownTest(unittest.TestCase):
             d.kill()
         self.assertEqual(status, 0, d.log())
         self.assertIn("summary", out)
+        # Then by frequency: both models ran at the top clock.
+        self.assertIn("etfd: summary by frequency", out)
+        freq_rows = [l.split() for l in out.split("etfd: summary by frequency", 1)[1].splitlines()]
+        freq_rows = [p for p in freq_rows if len(p) == 6 and p[0].isdigit()]
+        self.assertEqual([int(p[0]) for p in freq_rows], [R18_TOP_HZ])
+        self.assertGreater(int(freq_rows[0][1]), 0)
         rows = {}
         for line in out.splitlines():
             parts = line.split()
