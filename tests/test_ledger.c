@@ -458,6 +458,49 @@ static void measured_power_replaces_modelled_power(void **state)
     fx_free(fx);
 }
 
+/* Models without profiled power: once the meter has taught each entity its power, their
+ * kernels are charged at it, so tasks carry energy. */
+static void model_without_power_is_charged_at_measured_power(void **state)
+{
+    fake_nvml_reset();
+    struct etf_diag diag = {{0}};
+    int rc;
+    struct fixture *fx = fx_measuring(1, 100 * MS, false, ETF_METER_SAMPLE_MANUAL, &diag, &rc);
+    if (rc)
+        fail_msg("create: %s", diag.msg);
+    uint64_t eids[2] = {fx_entity(fx, 0), fx_entity(fx, 0)};
+    double true_mw[2] = {300000, 100000};
+    for (int i = 0; i < 2; i++) {
+        uint64_t mid = fx_model(fx, eids[i], prof_uniform("m", 4, GHZ, 50, 0), GHZ);
+        for (int k = 0; k < 4; k++)
+            fx_submit(fx, mid);
+    }
+    fx->resubmit = true;
+    fx->keep_records = false;
+    uint64_t last_time[2] = {0, 0};
+    double truth = 0;
+    struct etf_entity_stats half[2];
+    bool have_half = false;
+    assert_int_equal(etf__sched_sample(fx->s), 0);
+    while (fx->vc.now_ns < 4 * SEC) {
+        fx_step(fx);
+        advance_truth(fx, eids, true_mw, 2, last_time, &truth);
+        assert_int_equal(etf__sched_sample(fx->s), 0);
+        if (fx->vc.now_ns >= 2 * SEC && !have_half) {
+            have_half = true;
+            for (int i = 0; i < 2; i++)
+                half[i] = fx_estats(fx, eids[i]);
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        struct etf_entity_stats now = fx_estats(fx, eids[i]);
+        double mw = (double)(now.energy_nj - half[i].energy_nj) /
+                    (double)(now.time_ns - half[i].time_ns) * 1e3;
+        assert_near(mw, true_mw[i], 0.05 * true_mw[i], "charged power of a powerless model");
+    }
+    fx_free(fx);
+}
+
 static void sleep_ms(uint64_t ms)
 {
     struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000 * MS)};
@@ -614,6 +657,7 @@ int main(void)
         cmocka_unit_test(stepped_counter_boundaries_lie_between_readings),
         cmocka_unit_test(virtual_clock_needs_manual_sampling),
         cmocka_unit_test(measured_power_replaces_modelled_power),
+        cmocka_unit_test(model_without_power_is_charged_at_measured_power),
         cmocka_unit_test(sampler_thread_beside_the_dispatcher),
         cmocka_unit_test(live_measuring_session),
     };

@@ -202,7 +202,9 @@ struct etf_model_spec {
     const char *name; /* for reports; NULL = the profile's or the plan's name */
     /* Per-kernel times and powers; NULL when not known. The scheduler takes ownership on
      * success only. Without power figures (no profile, or one without power) the model
-     * meter charges no energy and the allocation assumes a neutral power for the model. */
+     * meter charges no energy and the allocation assumes a neutral power for the model;
+     * with a measuring meter, its kernels are charged at its entity's measured power once
+     * the meter has taught it. */
     struct etf_profile *profile;
     /* The kernels to run (etf/model.h), borrowed: it must outlive the model. NULL for the
      * simulated device, which runs the profile's times. At least one of the two is given;

@@ -511,8 +511,12 @@ static void charge(struct etf_sched *s, struct entity *e, struct model *m, struc
                    const struct etf_kernel_run *run)
 {
     uint64_t busy = run->busy_ns;
+    /* A model without profiled power is charged at its entity's measured power once a
+     * meter has taught it: tasks and models then carry an energy figure, and the ledger
+     * splits mixed intervals by it rather than by time alone. */
+    double mw = m->has_power ? m->kernel_mw[run->kernel] : e->has_measured ? e->measured_mw : 0;
     /* mW × ns = pJ; /1000 = nJ */
-    uint64_t energy = (uint64_t)llround((double)busy * m->kernel_mw[run->kernel] / 1000.0);
+    uint64_t energy = (uint64_t)llround((double)busy * mw / 1000.0);
     t->service_ns += busy;
     t->energy_nj += energy;
     m->time_ns += busy;
