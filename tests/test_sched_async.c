@@ -159,6 +159,36 @@ static void closed_loop_completes_oldest_while_newest_runs(void **state)
     fx_free(fx);
 }
 
+/* On the real clock, switches run on the clock worker, posted right after the fence that
+ * drains the old clock's kernels; every task still runs at its own clock. */
+static void real_clock_switches_on_the_worker(void **state)
+{
+    (void)state;
+    uint64_t freqs[2] = {500 * MHZ, GHZ};
+    double time_us[2] = {20, 10}, power_mw[2] = {1000, 3000};
+    struct fx_config c = {.phi = 1, .quantum_ns = 50 * MS, .queue_depth = 16, .real_clock = true};
+    struct fixture *fx = fx_new_ex(&c);
+    uint64_t e = fx_entity(fx, 0);
+    uint64_t mids[2];
+    for (int i = 0; i < 2; i++)
+        mids[i] = fx_model(fx, e, prof_uniform_freqs("m", 4, 2, freqs, time_us, power_mw),
+                           freqs[i]);
+    for (int i = 0; i < 10; i++)
+        fx_submit(fx, mids[i % 2]);
+    fx_drain(fx, 100);
+    assert_int_equal(fx->n_done, 10);
+    assert_int_equal(fx->n_failed, 0);
+    for (size_t i = 0; i < fx->n_recs; i++)
+        assert_int_equal(fx->recs[i].freq_hz, fx->recs[i].mid == mids[0] ? freqs[0] : freqs[1]);
+    struct etf_sched_stats ss = fx_sstats(fx);
+    assert_int_equal(ss.freq_switches, 10);
+    assert_int_equal(ss.freq_errors, 0);
+    uint64_t hz = 0;
+    assert_int_equal(etf_freq_current(fx->freq, &hz), 0);
+    assert_int_equal(hz, freqs[1]);
+    fx_free(fx);
+}
+
 /* ---- A device whose fence can be made to fail ---- */
 
 struct failing_device {
@@ -269,6 +299,7 @@ int main(void)
         cmocka_unit_test(queue_shorter_than_a_task_completes_everything),
         cmocka_unit_test(clock_switch_fences_first_and_charges_each_clock),
         cmocka_unit_test(closed_loop_completes_oldest_while_newest_runs),
+        cmocka_unit_test(real_clock_switches_on_the_worker),
         cmocka_unit_test(failed_fence_fails_its_tasks_and_service_goes_on),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -18,8 +18,9 @@ struct etf_freq_ops {
     unsigned caps;
     int (*open)(const struct etf_freq_config *cfg, struct etf_freq **out, struct etf_diag *diag);
     /* Switches the clock to hz and returns once it is in force (or fails). Present with
-     * ETF_FREQ_CAP_SET. Called from the dispatching thread without the scheduler lock; may
-     * block for the hardware's settling time. */
+     * ETF_FREQ_CAP_SET. Called from the scheduler's clock worker (on a virtual clock, from
+     * the stepping thread) without the scheduler lock, one call at a time; may block for
+     * the hardware's settling time. */
     int (*set)(struct etf_freq *f, uint64_t hz);
     /* The clock in force now, or ETF_ENOTSUP when the backend cannot tell. */
     int (*get)(struct etf_freq *f, uint64_t *hz);
@@ -32,7 +33,7 @@ struct etf_freq_ops {
 
 struct etf_freq {
     const struct etf_freq_ops *ops;
-    uint64_t switches; /* written only by etf__freq_set, from the dispatching thread */
+    uint64_t switches; /* written only by etf__freq_set, from the one thread that switches */
 };
 
 extern const struct etf_freq_ops etf__freq_none_ops;

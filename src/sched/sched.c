@@ -27,6 +27,7 @@
 #include "device/device.h"
 #include "freq/freq.h"
 #include "meter/meter.h"
+#include "sched/freq_worker.h"
 #include "sched/ledger.h"
 #include "sched/runqueue.h"
 #include "sched/share_tree.h"
@@ -171,6 +172,14 @@ struct etf_sched {
     struct etf_meter *meter;
     struct etf_freq *freq;
     bool can_set_freq;
+    /* On the real clock, switches run on the worker (sched/freq_worker.h). A switch posted
+     * after a fence (switch_in_flight, to posted_hz) runs while the fenced kernels are
+     * completed; the stepping thread alone touches these two. */
+    bool worker_on;
+    struct etf_freq_worker worker;
+    bool switch_in_flight;
+    uint64_t posted_hz;
+    uint64_t post_after_fence_hz; /* set by the step before a settle; 0 = none */
     uint64_t cur_hz;
     etf_task_done_fn on_done;
     void *on_done_arg;
@@ -600,6 +609,15 @@ static int settle(struct etf_sched *s, struct entity *e, uint64_t *used, size_t 
         lock(s);
         s->stats.fences++;
     }
+    uint64_t hz = s->post_after_fence_hz;
+    s->post_after_fence_hz = 0;
+    if (rc == 0 && hz && n == s->n_pending) {
+        /* The device is idle at the old clock: the new one can be set while the runs are
+         * completed and their tasks handed back. */
+        etf__freq_worker_post(&s->worker, hz);
+        s->switch_in_flight = true;
+        s->posted_hz = hz;
+    }
     if (rc) {
         /* The lost runs' tasks are the first ones of e's queue, in order. */
         size_t tasks = 0;
@@ -641,6 +659,37 @@ static size_t first_task_end(struct etf_sched *s)
             return i + 1;
     }
     return s->n_pending;
+}
+
+/* Sets the clock to hz, on the worker when there is one (using a switch to hz already
+ * posted after a fence). Called without the lock, from the stepping thread. */
+static int switch_clock(struct etf_sched *s, uint64_t hz)
+{
+    if (!s->worker_on)
+        return etf__freq_set(s->freq, hz);
+    if (s->switch_in_flight) {
+        s->switch_in_flight = false;
+        int rc = etf__freq_worker_wait(&s->worker);
+        if (s->posted_hz == hz)
+            return rc;
+    }
+    etf__freq_worker_post(&s->worker, hz);
+    return etf__freq_worker_wait(&s->worker);
+}
+
+/* Records the outcome of a clock switch. Called with the lock held. */
+static void note_switch(struct etf_sched *s, uint64_t hz, int rc)
+{
+    if (rc == 0) {
+        s->cur_hz = hz;
+        s->stats.freq_switches++;
+    } else {
+        /* A failed switch may have left the clock anywhere (devfreq pins min and max
+         * before cur_freq is found not to follow): the next kernel must switch again,
+         * whatever its frequency. */
+        s->cur_hz = 0;
+        s->stats.freq_errors++;
+    }
 }
 
 int etf_sched_step(struct etf_sched *s, bool *ran)
@@ -690,6 +739,7 @@ int etf_sched_step(struct etf_sched *s, bool *ran)
         struct model *m = t->model;
         bool switching = s->can_set_freq && s->cur_hz != m->freq_hz;
         if (switching && s->n_pending) {
+            s->post_after_fence_hz = s->worker_on ? m->freq_hz : 0;
             if ((rc = settle(s, e, &used, SIZE_MAX)) != 0)
                 break;
             continue;
@@ -707,27 +757,15 @@ int etf_sched_step(struct etf_sched *s, bool *ran)
         pr->estimate_ns = estimate > 0 ? estimate : 0;
         unlock(s);
 
-        int krc = 0;
-        bool switched = false;
-        if (switching) {
-            krc = etf__freq_set(s->freq, m->freq_hz);
-            switched = krc == 0;
-        }
+        int krc = switching ? switch_clock(s, m->freq_hz) : 0;
+        int switch_rc = krc;
         if (krc == 0)
             krc = s->async ? etf__device_submit(s->dev, &pr->run)
                            : etf__device_launch(s->dev, &pr->run);
 
         lock(s);
-        if (switched) {
-            s->cur_hz = m->freq_hz;
-            s->stats.freq_switches++;
-        } else if (switching) {
-            /* A failed switch may have left the clock anywhere (devfreq pins min and max
-             * before cur_freq is found not to follow): the next kernel must switch again,
-             * whatever its frequency. */
-            s->cur_hz = 0;
-            s->stats.freq_errors++;
-        }
+        if (switching)
+            note_switch(s, m->freq_hz, switch_rc);
         if (krc == ETF_EBUSY && s->async && s->n_pending) {
             if ((rc = settle(s, e, &used, first_task_end(s))) != 0)
                 break;
@@ -753,6 +791,15 @@ int etf_sched_step(struct etf_sched *s, bool *ran)
     }
     if (rc == 0)
         rc = settle(s, e, &used, SIZE_MAX);
+    if (s->switch_in_flight) {
+        /* Posted for a kernel that did not come (its task failed or was the last): the
+         * clock still changed. */
+        s->switch_in_flight = false;
+        unlock(s);
+        int src = etf__freq_worker_wait(&s->worker);
+        lock(s);
+        note_switch(s, s->posted_hz, src);
+    }
     if (s->measuring) {
         if (used > 0) {
             struct etf_ledger_entry le = {.eid = e->eid,
@@ -1039,6 +1086,7 @@ int etf_sched_create(const struct etf_sched_config *cfg, struct etf_sched **out,
     s->meter = cfg->meter;
     s->freq = cfg->freq;
     s->can_set_freq = etf__freq_can_set(s->freq);
+
     if (s->freq && etf__freq_get(s->freq, &s->cur_hz) != 0)
         s->cur_hz = 0;
     s->on_done = cfg->on_done;
@@ -1053,6 +1101,14 @@ int etf_sched_create(const struct etf_sched_config *cfg, struct etf_sched **out,
     etf__share_init(&s->shares);
     s->typical_power_mw = s->typical_in_use = DEFAULT_POWER_MW;
     s->accepting = true;
+    /* The simulator's virtual clock keeps its runs free of threads. */
+    if (s->can_set_freq && !cfg->clock) {
+        if (etf__freq_worker_start(&s->worker, s->freq)) {
+            etf_sched_destroy(s);
+            return etf_diagf(diag, ETF_ENOMEM, "scheduler: cannot start the clock worker");
+        }
+        s->worker_on = true;
+    }
     if (etf__meter_measures(s->meter)) {
         rc = measure_start(s, cfg, diag);
         if (rc) {
@@ -1098,6 +1154,8 @@ void etf_sched_destroy(struct etf_sched *s)
         return;
     measure_stop(s);
     etf_sched_stop(s, 0);
+    if (s->worker_on)
+        etf__freq_worker_stop(&s->worker);
     for (size_t i = 0; i < s->models.n; i++) {
         struct model *m = etf__idmap_slot(&s->models, i);
         if (m)
