@@ -5,6 +5,7 @@
  *
  * `test_model --write-seeds DIR` writes small valid models for the fuzzer's corpus.
  */
+#include "device/device.h"
 #include "etf/model.h"
 #include "model/plan.h"
 #include "onnx.pb-c.h"
@@ -973,6 +974,255 @@ static void test_misc_kernels(void **state)
     mb_done(&m);
 }
 
+/* ---- weights ---- */
+
+/* Initializers whose names (1 to 20 characters) put their raw data at every alignment in the
+ * file: the loader keeps each where it lies, moved onto a boundary of at least 4, and its
+ * values intact. */
+static void test_weights_in_place(void **state)
+{
+    (void)state;
+    struct mb m;
+    mb_init(&m, 17);
+    mb_input(&m, "x", ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT, DIMS(5));
+    float want[20][5];
+    char prev[32] = "x";
+    for (int i = 0; i < 20; i++) {
+        char name[32], out[32];
+        memset(name, 0, sizeof name);
+        memset(name, 'c', (size_t)i + 1);
+        for (int j = 0; j < 5; j++)
+            want[i][j] = (float)(i * 10 + j) + 0.25f;
+        mb_init_f(&m, name, DIMS(5), want[i]);
+        snprintf(out, sizeof out, i == 19 ? "y" : "s%d", i);
+        char ins[80];
+        snprintf(ins, sizeof ins, "%s %s", prev, name);
+        mb_node(&m, "Add", out, ins, out);
+        strcpy(prev, out);
+    }
+    mb_output(&m, "y");
+    struct etf_plan *p = must_parse(&m, 0);
+    int found = 0;
+    for (size_t v = 0; v < p->n_values; v++) {
+        const struct etf_value *x = &p->values[v];
+        size_t n = strlen(x->name);
+        if (x->kind != ETF_VALUE_CONSTANT || n == 0 || n > 20 || strspn(x->name, "c") != n)
+            continue;
+        assert_int_equal((uintptr_t)x->data % 4, 0);
+        for (int j = 0; j < 5; j++)
+            assert_true(x->data[j] == want[n - 1][j]);
+        found++;
+    }
+    assert_int_equal(found, 20);
+    etf_plan_free(p);
+    mb_done(&m);
+}
+
+/* x [1,c,8,8] -> Conv(w1, b1) -> Relu -> Conv(w2) -> BN -> Add(x) -> Relu -> y: with c = 64
+ * the weights make the file big enough for the loader to keep it in a buffer whose pages it
+ * can give back. */
+static void build_wide(struct mb *m, int64_t c)
+{
+    mb_init(m, 17);
+    mb_input(m, "x", ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT, DIMS(1, c, 8, 8));
+    mb_weights(m, "w1", DIMS(c, c, 3, 3), 1);
+    mb_weights(m, "b1", DIMS(c), 2);
+    mb_weights(m, "w2", DIMS(c, c, 3, 3), 3);
+    float *bn = mb_alloc(m, 4 * (size_t)c * sizeof *bn);
+    for (int64_t i = 0; i < c; i++) {
+        bn[i] = 1.0f + 0.01f * (float)i;         /* gamma */
+        bn[c + i] = 0.1f - 0.002f * (float)i;    /* beta */
+        bn[2 * c + i] = 0.05f * (float)(i % 7);  /* mean */
+        bn[3 * c + i] = 0.5f + 0.03f * (float)i; /* var */
+    }
+    static const char *const pn[] = {"gamma", "beta", "mean", "var"};
+    for (int i = 0; i < 4; i++)
+        mb_init_f(m, pn[i], DIMS(c), bn + i * c);
+    Onnx__NodeProto *c1 = mb_node(m, "Conv", "conv1", "x w1 b1", "c1");
+    attr_ints(m, c1, "pads", INTS(1, 1, 1, 1));
+    mb_node(m, "Relu", "relu1", "c1", "r1");
+    Onnx__NodeProto *c2 = mb_node(m, "Conv", "conv2", "r1 w2", "c2");
+    attr_ints(m, c2, "pads", INTS(1, 1, 1, 1));
+    mb_node(m, "BatchNormalization", "bn", "c2 gamma beta mean var", "b2");
+    mb_node(m, "Add", "add", "b2 x", "s");
+    mb_node(m, "Relu", "relu2", "s", "y");
+    mb_output(m, "y");
+}
+
+static size_t ref_bytes(const struct etf_value *x)
+{
+    return etf__shape_elems(&x->shape) * sizeof(float);
+}
+
+/* The constants kernels read (storage values), and a copy of their data. */
+struct consts {
+    int v[16];
+    float *copy[16];
+    size_t n;
+};
+
+static void consts_of(const struct etf_plan *p, struct consts *c)
+{
+    c->n = 0;
+    for (size_t k = 0; k < p->n_kernels; k++)
+        for (int i = 0; i < p->kernels[k].n_inputs; i++) {
+            int s = etf__plan_storage(p, p->kernels[k].inputs[i]);
+            const struct etf_value *x = val(p, s);
+            bool seen = false;
+            for (size_t j = 0; j < c->n; j++)
+                seen |= c->v[j] == s;
+            if (x->kind != ETF_VALUE_CONSTANT || seen)
+                continue;
+            assert_true(c->n < 16);
+            size_t bytes = ref_bytes(x);
+            c->copy[c->n] = malloc(bytes);
+            memcpy(c->copy[c->n], x->data, bytes);
+            c->v[c->n++] = s;
+        }
+}
+
+/* Every constant not yet freed still holds its data. */
+static void expect_consts(const struct etf_plan *p, const struct consts *c)
+{
+    for (size_t j = 0; j < c->n; j++) {
+        const struct etf_value *x = val(p, c->v[j]);
+        if (x->data)
+            assert_memory_equal(x->data, c->copy[j], ref_bytes(x));
+    }
+}
+
+static void consts_free(struct consts *c)
+{
+    for (size_t j = 0; j < c->n; j++)
+        free(c->copy[j]);
+}
+
+/* Dropping weights on load frees each weight as a device takes it, and nothing else: the
+ * weights still to be taken keep their values while the pages around them go. Dropping them
+ * frees all at once. */
+static void test_drop_weights(void **state)
+{
+    (void)state;
+    struct mb m;
+    build_wide(&m, 64);
+    struct etf_plan *p = must_parse(&m, 0);
+    struct consts c;
+    consts_of(p, &c);
+    assert_true(c.n >= 3); /* w1, b1, the folded w2 and its bias */
+    struct etf_diag d;
+    etf__plan_weight_taken(p, c.v[0]); /* held by a load: nothing goes */
+    assert_non_null(val(p, c.v[0])->data);
+    etf_plan_drop_weights_on_load(p); /* that load was not the last one */
+    for (size_t j = 0; j < c.n; j++)
+        assert_non_null(val(p, c.v[j])->data);
+    expect_consts(p, &c);
+    assert_int_equal(etf__plan_check(p, "test", &d), 0);
+
+    etf__plan_weight_taken(p, c.v[0]); /* the last load */
+    assert_null(val(p, c.v[0])->data);
+    expect_consts(p, &c);
+    assert_int_equal(etf__plan_check(p, "test", &d), ETF_EINVAL);
+    printf("    %s\n", d.msg);
+    assert_non_null(strstr(d.msg, "dropped"));
+    for (size_t j = 1; j < c.n; j++) {
+        assert_non_null(val(p, c.v[j])->data);
+        etf__plan_weight_taken(p, c.v[j]);
+        assert_null(val(p, c.v[j])->data);
+        expect_consts(p, &c);
+    }
+    /* the plan still describes itself */
+    struct etf_tensor_info ti;
+    assert_int_equal(etf_plan_output(p, 0, &ti), 0);
+    assert_int_equal(ti.elems, 64 * 64);
+    consts_free(&c);
+    etf_plan_free(p);
+
+    p = must_parse(&m, 0);
+    consts_of(p, &c);
+    etf_plan_drop_weights(p);
+    for (size_t j = 0; j < c.n; j++)
+        assert_null(val(p, c.v[j])->data);
+    assert_int_equal(etf__plan_check(p, "test", &d), ETF_EINVAL);
+    consts_free(&c);
+    etf_plan_free(p);
+    etf_plan_drop_weights(NULL);
+    etf_plan_drop_weights_on_load(NULL);
+
+    mb_done(&m);
+}
+
+/* Runs every kernel of a loaded model on x into y. */
+static void run_wide(struct etf_device *dev, struct etf_dmodel *dm, size_t n_kernels,
+                     const float *x, float *y)
+{
+    struct etf_task_io io = {.inputs = &x, .outputs = &y};
+    for (size_t k = 0; k < n_kernels; k++) {
+        struct etf_kernel_run run = {.dm = dm, .kernel = k, .io = &io};
+        assert_int_equal(etf__device_launch(dev, &run), 0);
+    }
+}
+
+static struct etf_dmodel *load_wide(struct etf_device *dev, const struct etf_plan *p)
+{
+    struct etf_model_desc desc = {.name = "wide", .plan = p};
+    struct etf_dmodel *dm = NULL;
+    struct etf_diag d;
+    if (etf__device_load(dev, &desc, &dm, &d))
+        fail_msg("load: %s", d.msg);
+    return dm;
+}
+
+/* The last load on the CPU device of a plan loaded twice takes its weights: both models run
+ * as one loaded from a plan that keeps them (the first as well, which took its copy before),
+ * and the plan cannot be loaded again. */
+static void test_drop_weights_on_load(void **state)
+{
+    (void)state;
+    struct etf_device *dev = NULL;
+    struct etf_diag d;
+    struct etf_device_config cfg = {.threads = 1};
+    if (etf_device_open("cpu", &cfg, &dev, &d) == ETF_ENOTSUP)
+        skip(); /* a build without oneDNN */
+    struct mb m;
+    build_wide(&m, 64);
+    struct etf_plan *kept = must_parse(&m, 0), *p = must_parse(&m, 0);
+    mb_done(&m);
+    float *x = malloc(64 * 64 * sizeof *x), *y[3];
+    for (int i = 0; i < 64 * 64; i++)
+        x[i] = (float)((i * 37) % 101) / 50.0f - 1.0f;
+    for (int i = 0; i < 3; i++)
+        y[i] = calloc(64 * 64, sizeof *y[i]);
+    struct etf_dmodel *ref = load_wide(dev, kept), *first = load_wide(dev, p);
+    etf_plan_drop_weights_on_load(p);
+    struct etf_dmodel *last = load_wide(dev, p);
+    struct consts c;
+    consts_of(kept, &c);
+    for (size_t j = 0; j < c.n; j++) {
+        assert_non_null(val(kept, c.v[j])->data);
+        assert_null(val(p, c.v[j])->data);
+    }
+    consts_free(&c);
+    run_wide(dev, ref, kept->n_kernels, x, y[0]);
+    run_wide(dev, first, p->n_kernels, x, y[1]);
+    run_wide(dev, last, p->n_kernels, x, y[2]);
+    assert_memory_equal(y[0], y[1], 64 * 64 * sizeof(float));
+    assert_memory_equal(y[0], y[2], 64 * 64 * sizeof(float));
+    struct etf_model_desc desc = {.name = "wide", .plan = p};
+    struct etf_dmodel *dm = NULL;
+    assert_int_equal(etf__device_load(dev, &desc, &dm, &d), ETF_EINVAL);
+    printf("    %s\n", d.msg);
+    assert_non_null(strstr(d.msg, "dropped"));
+    etf__device_unload(dev, ref);
+    etf__device_unload(dev, first);
+    etf__device_unload(dev, last);
+    free(x);
+    for (int i = 0; i < 3; i++)
+        free(y[i]);
+    etf_plan_free(kept);
+    etf_plan_free(p);
+    etf_device_close(dev);
+}
+
 /* ---- rejections ---- */
 
 static void expect_reject(struct mb *m, const char *base_dir, int code, const char *substr)
@@ -1030,6 +1280,15 @@ static void test_reject_bytes(void **state)
         assert_null(p);
         free(cut);
     }
+
+    /* a second graph field: protobuf would merge the two, ONNX has one */
+    uint8_t *two = malloc(len + 2);
+    memcpy(two, buf, len);
+    memcpy(two + len, "\x3a\x00", 2);
+    assert_int_equal(etf_model_parse(two, len + 2, "two.onnx", NULL, NULL, &p, &d), ETF_EFORMAT);
+    assert_non_null(strstr(d.msg, "2 graphs"));
+    assert_null(p);
+    free(two);
     free(buf);
     mb_done(&m);
 }
@@ -1496,6 +1755,9 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_fold_edge_cases),
         cmocka_unit_test(test_external_data),
         cmocka_unit_test(test_every_prefix),
+        cmocka_unit_test(test_weights_in_place),
+        cmocka_unit_test(test_drop_weights),
+        cmocka_unit_test(test_drop_weights_on_load),
         cmocka_unit_test(test_real_models_if_present),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -45,6 +45,19 @@ int etf_model_parse(const void *bytes, size_t len, const char *origin, const cha
 
 void etf_plan_free(struct etf_plan *plan);
 
+/* Weights. A plan keeps its constant data (the weights, most of its memory) for its whole
+ * life, so that any number of devices may load it; each loaded model keeps a copy of its
+ * own. An owner done loading a plan can let them go:
+ *   - etf_plan_drop_weights: no more loads; the weights are freed now.
+ *   - etf_plan_drop_weights_on_load: the next load is the last; it frees each weight as
+ *     soon as its device holds a copy, so that the weights are never resident twice (the
+ *     cpu device does; the weights of a device that does not are freed by
+ *     etf_plan_drop_weights after the load).
+ * Either way the plan still names its kernels, inputs and outputs; a later load that needs a
+ * freed weight fails with ETF_EINVAL. Not while a load of the plan runs on another thread. */
+void etf_plan_drop_weights(struct etf_plan *plan);
+void etf_plan_drop_weights_on_load(struct etf_plan *plan);
+
 /* Introspection for tools and servers. */
 const char *etf_plan_name(const struct etf_plan *plan);
 size_t etf_plan_kernel_count(const struct etf_plan *plan);

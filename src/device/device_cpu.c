@@ -23,13 +23,22 @@
  * still runs in its preferred layout and reorders its result. Those reorders (the model
  * input's into the first convolution's layout included) are timed with their kernel.
  *
+ * Weights. Every constant a kernel reads is copied, or reordered into the layout its
+ * primitive asks for, into one buffer of the loaded model (one copy per constant and
+ * layout), once every kernel is built: a launch reads none of the plan's constants but
+ * constant model outputs (the contract of plan.h). Each constant is reported to the plan as
+ * soon as its copies are made, so that a plan whose weights were dropped frees them as this
+ * buffer fills and the weights are never resident twice.
+ *
  * Memory. One arena per loaded model holds every activation, temporary and primitive
  * scratchpad (oneDNN runs in user-scratchpad mode so that it never allocates while a kernel
  * runs). Offsets come from the liveness of each block, recomputed here from the kernels'
  * reads and writes: blocks whose kernel ranges [first, last] overlap never share bytes
  * (greedy first fit, largest block first). A residual added through a sum post-op is
  * accumulated in place when this kernel is its last reader: the destination takes over the
- * residual's bytes, which saves the copy oneDNN's sum would otherwise need.
+ * residual's bytes, which saves the copy oneDNN's sum would otherwise need. The arena and
+ * the weights are huge-page buffers (util/bigmem.h): with small pages, faulting in
+ * ResNet-50's 100 MB of weights took longer than the rest of its load.
  *
  * Threads. oneDNN here uses OpenMP (Debian's build). A configured thread count is applied to
  * the calling thread's OpenMP setting for the duration of each load and launch, and the
@@ -45,6 +54,7 @@
 #include "device/arena.h"
 #include "device/device.h"
 #include "model/plan.h"
+#include "util/bigmem.h"
 
 #include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl_debug.h>
@@ -75,12 +85,12 @@ enum cpu_step_kind {
     STEP_EXPAND, /* dst = src broadcast to dst's dims, both plain */
 };
 
-/* One argument of a step: a memory descriptor over an arena block or over constant data. */
+/* One argument of a step: a memory descriptor over an arena block or over a weight. */
 struct cpu_arg {
     int id; /* DNNL_ARG_* */
     dnnl_memory_desc_t md;
-    int block;  /* arena block, or -1 for `data` */
-    void *data; /* constant data outside the arena */
+    int block;  /* arena block, or -1 */
+    int weight; /* the model's weight (build.weights), or -1 */
 };
 
 struct cpu_step {
@@ -113,10 +123,10 @@ struct etf_dmodel {
     const struct etf_plan *plan;
     struct cpu_kernel *kernels;
     size_t n_kernels;
-    unsigned char *arena;
+    unsigned char *arena; /* a big buffer (util/bigmem.h) */
     size_t arena_bytes;
-    void **consts; /* constants reordered into the layout their primitive wants */
-    size_t n_consts;
+    unsigned char *weights; /* every constant, in the layout its primitive wants; a big buffer */
+    size_t weights_bytes;
     struct cpu_io *in, *out;
 };
 
@@ -130,6 +140,14 @@ struct cpu_val {
     size_t last; /* last kernel that reads the storage (n_kernels for model outputs) */
 };
 
+/* A constant as the model keeps it: a plan constant in one layout, copied or reordered into
+ * the weights buffer once every kernel is built. */
+struct cpu_weight {
+    int value;                     /* the plan's storage value */
+    dnnl_memory_desc_t have, want; /* its layout in the plan, and in the buffer */
+    size_t offset;
+};
+
 struct build {
     struct cpu_device *dev;
     const struct etf_plan *plan;
@@ -139,6 +157,8 @@ struct build {
     struct cpu_val *vals;
     struct etf_arena_block *blocks;
     size_t n_blocks, cap_blocks;
+    struct cpu_weight *weights;
+    size_t n_weights, cap_weights;
     size_t k; /* the kernel being built */
     const struct etf_kernel *kn;
     struct cpu_kernel *ck;
@@ -522,14 +542,14 @@ static int step_insert(struct build *b, size_t at, enum cpu_step_kind kind)
 }
 
 static int arg_add(struct build *b, size_t si, int id, const dnnl_memory_desc_t *md, int block,
-                   void *data)
+                   int weight)
 {
     struct cpu_step *st = &b->ck->steps[si];
     struct cpu_arg *na = realloc(st->args, (size_t)(st->n_args + 1) * sizeof *na);
     if (!na)
         return kfail(b, ETF_ENOMEM, "out of memory");
     st->args = na;
-    na[st->n_args++] = (struct cpu_arg){.id = id, .md = *md, .block = block, .data = data};
+    na[st->n_args++] = (struct cpu_arg){.id = id, .md = *md, .block = block, .weight = weight};
     return 0;
 }
 
@@ -550,7 +570,7 @@ static int prim_insert(struct build *b, size_t at, dnnl_primitive_desc_t pd, con
     if (scratch && dnnl_memory_desc_get_size(scratch) > 0) {
         int blk;
         TRY(temp_block(b, dnnl_memory_desc_get_size(scratch), &blk));
-        TRY(arg_add(b, at, DNNL_ARG_SCRATCHPAD, scratch, blk, NULL));
+        TRY(arg_add(b, at, DNNL_ARG_SCRATCHPAD, scratch, blk, -1));
     }
     return 0;
 }
@@ -566,9 +586,9 @@ static int attr_new(struct build *b, dnnl_primitive_attr_t *attr)
     return 0;
 }
 
-/* Inserts at *at a reorder from (src md, src block or data) into (dst md, dst block). */
+/* Inserts at *at a reorder from (src md, src block or weight) into (dst md, dst block). */
 static int reorder_insert(struct build *b, size_t *at, const dnnl_memory_desc_t *src_md,
-                          int src_block, void *src_data, const dnnl_memory_desc_t *dst_md,
+                          int src_block, int src_weight, const dnnl_memory_desc_t *dst_md,
                           int dst_block)
 {
     dnnl_primitive_attr_t attr;
@@ -581,64 +601,41 @@ static int reorder_insert(struct build *b, size_t *at, const dnnl_memory_desc_t 
         return dnnl_fail(b, st, "reorder creation");
     size_t si = *at;
     TRY(prim_insert(b, si, pd, "reorder creation"));
-    TRY(arg_add(b, si, DNNL_ARG_FROM, src_md, src_block, src_data));
-    TRY(arg_add(b, si, DNNL_ARG_TO, dst_md, dst_block, NULL));
+    TRY(arg_add(b, si, DNNL_ARG_FROM, src_md, src_block, src_weight));
+    TRY(arg_add(b, si, DNNL_ARG_TO, dst_md, dst_block, -1));
     (*at)++;
     return 0;
 }
 
-/* Constant data reordered now, once, into the layout `want`; the model owns the copy. */
-static int const_reorder(struct build *b, const float *data, const dnnl_memory_desc_t *have,
-                         const dnnl_memory_desc_t *want, void **out)
+/* The weight holding storage value s (a constant read in layout `have`) in layout `want`:
+ * one per value and layout, however many kernels read it. */
+static int weight_of(struct build *b, int s, const dnnl_memory_desc_t *have,
+                     const dnnl_memory_desc_t *want, int *w)
 {
-    struct etf_dmodel *dm = b->dm;
-    size_t bytes = dnnl_memory_desc_get_size(want);
-    void **nc = realloc(dm->consts, (dm->n_consts + 1) * sizeof *nc);
-    if (!nc)
-        return kfail(b, ETF_ENOMEM, "out of memory");
-    dm->consts = nc;
-    void *buf = aligned_alloc(CPU_ALIGN, (bytes + CPU_ALIGN - 1) / CPU_ALIGN * CPU_ALIGN);
-    if (!buf)
-        return kfail(b, ETF_ENOMEM, "out of memory for %zu bytes of weights", bytes);
-    /* Blocked layouts pad channels; the padding must read as zeros. */
-    memset(buf, 0, bytes);
-    dm->consts[dm->n_consts++] = buf;
-
-    int rc = 0;
-    dnnl_memory_t src = NULL, dst = NULL;
-    dnnl_primitive_desc_t pd = NULL;
-    dnnl_primitive_t prim = NULL;
-    dnnl_status_t st = dnnl_memory_create(&src, have, b->dev->engine, (void *)data);
-    if (st == dnnl_success)
-        st = dnnl_memory_create(&dst, want, b->dev->engine, buf);
-    if (st == dnnl_success)
-        st = dnnl_reorder_primitive_desc_create(&pd, have, b->dev->engine, want, b->dev->engine,
-                                                NULL);
-    if (st == dnnl_success)
-        st = dnnl_primitive_create(&prim, pd);
-    if (st == dnnl_success) {
-        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}};
-        st = dnnl_primitive_execute(prim, b->stream, 2, args);
+    if (!val(b, s)->data)
+        return kfail(b, ETF_EINVAL, "constant '%.64s' has no data",
+                     val(b, s)->name ? val(b, s)->name : "?");
+    for (size_t i = 0; i < b->n_weights; i++)
+        if (b->weights[i].value == s && dnnl_memory_desc_equal(&b->weights[i].want, want) == 1) {
+            *w = (int)i;
+            return 0;
+        }
+    if (b->n_weights == b->cap_weights) {
+        size_t cap = b->cap_weights ? 2 * b->cap_weights : 64;
+        struct cpu_weight *nw = realloc(b->weights, cap * sizeof *nw);
+        if (!nw)
+            return kfail(b, ETF_ENOMEM, "out of memory");
+        b->weights = nw;
+        b->cap_weights = cap;
     }
-    if (st == dnnl_success)
-        st = dnnl_stream_wait(b->stream);
-    if (st != dnnl_success)
-        rc = dnnl_fail(b, st, "weight reorder");
-    if (prim)
-        dnnl_primitive_destroy(prim);
-    if (pd)
-        dnnl_primitive_desc_destroy(pd);
-    if (dst)
-        dnnl_memory_destroy(dst);
-    if (src)
-        dnnl_memory_destroy(src);
-    *out = buf;
-    return rc;
+    b->weights[b->n_weights] = (struct cpu_weight){.value = s, .have = *have, .want = *want};
+    *w = (int)b->n_weights++;
+    return 0;
 }
 
 /* Makes value v (read in layout `have`, see value_md) argument `id` of step *si in layout
  * `want`: as it is when the layouts agree, else through a reorder inserted before the step
- * (into a temporary, or once at load for constants). */
+ * into a temporary; a constant through the weight that holds it in `want`. */
 static int bind_in(struct build *b, size_t *si, int id, int v, const dnnl_memory_desc_t *have,
                    const dnnl_memory_desc_t *want)
 {
@@ -647,24 +644,19 @@ static int bind_in(struct build *b, size_t *si, int id, int v, const dnnl_memory
     int s = storage(b, v);
     bool same = dnnl_memory_desc_equal(have, want) == 1;
     if (val(b, s)->kind == ETF_VALUE_CONSTANT) {
-        if (!val(b, s)->data)
-            return kfail(b, ETF_EINVAL, "constant '%.64s' has no data",
-                         val(b, s)->name ? val(b, s)->name : "?");
-        /* oneDNN only reads sources: the plan's constants are used where they lie. */
-        void *data = (void *)val(b, s)->data;
-        if (!same)
-            TRY(const_reorder(b, val(b, s)->data, have, want, &data));
-        return arg_add(b, *si, id, want, -1, data);
+        int w;
+        TRY(weight_of(b, s, have, want, &w));
+        return arg_add(b, *si, id, want, -1, w);
     }
     if (b->vals[s].block < 0)
         return kfail(b, ETF_EINVAL, "value '%.64s' is read before a kernel writes it",
                      val(b, v)->name ? val(b, v)->name : "?");
     if (same)
-        return arg_add(b, *si, id, have, b->vals[s].block, NULL);
+        return arg_add(b, *si, id, have, b->vals[s].block, -1);
     int tmp;
     TRY(temp_block(b, dnnl_memory_desc_get_size(want), &tmp));
-    TRY(reorder_insert(b, si, have, b->vals[s].block, NULL, want, tmp));
-    return arg_add(b, *si, id, want, tmp, NULL);
+    TRY(reorder_insert(b, si, have, b->vals[s].block, -1, want, tmp));
+    return arg_add(b, *si, id, want, tmp, -1);
 }
 
 /* Inserts at *si a reorder of value v (read in layout `have`) into (dst md, dst block). */
@@ -673,15 +665,14 @@ static int reorder_value(struct build *b, size_t *si, int v, const dnnl_memory_d
 {
     int s = storage(b, v);
     if (val(b, s)->kind == ETF_VALUE_CONSTANT) {
-        if (!val(b, s)->data)
-            return kfail(b, ETF_EINVAL, "constant '%.64s' has no data",
-                         val(b, s)->name ? val(b, s)->name : "?");
-        return reorder_insert(b, si, have, -1, (void *)val(b, s)->data, dst, dst_block);
+        int w;
+        TRY(weight_of(b, s, have, have, &w));
+        return reorder_insert(b, si, have, -1, w, dst, dst_block);
     }
     if (b->vals[s].block < 0)
         return kfail(b, ETF_EINVAL, "value '%.64s' is read before a kernel writes it",
                      val(b, v)->name ? val(b, v)->name : "?");
-    return reorder_insert(b, si, have, b->vals[s].block, NULL, dst, dst_block);
+    return reorder_insert(b, si, have, b->vals[s].block, -1, dst, dst_block);
 }
 
 /* ---- Post-ops ---- */
@@ -958,8 +949,8 @@ static int post_steps(struct build *b, int from, int nd, const dnnl_dim_t *dims,
         if (p->kind == ETF_POST_ELTWISE && p->eltwise == ETF_ELT_ERF) {
             TRY(step_insert(b, at, STEP_ERF));
             b->ck->steps[at].n = dnnl_memory_desc_get_size(dst) / sizeof(float);
-            TRY(arg_add(b, at, DNNL_ARG_SRC, dst, dst_block, NULL));
-            TRY(arg_add(b, at, DNNL_ARG_DST, dst, dst_block, NULL));
+            TRY(arg_add(b, at, DNNL_ARG_SRC, dst, dst_block, -1));
+            TRY(arg_add(b, at, DNNL_ARG_DST, dst, dst_block, -1));
         } else if (p->kind == ETF_POST_ELTWISE) {
             float alpha = p->alpha, beta = p->beta;
             dnnl_alg_kind_t alg = elt_alg(p->eltwise, &alpha, &beta);
@@ -971,8 +962,8 @@ static int post_steps(struct build *b, int from, int nd, const dnnl_dim_t *dims,
             dnnl_primitive_desc_t pd;
             TRY(pd_create_plain(b, &ed, &pd, "post-op eltwise creation"));
             TRY(prim_insert(b, at, pd, "post-op eltwise creation"));
-            TRY(arg_add(b, at, DNNL_ARG_SRC, dst, dst_block, NULL));
-            TRY(arg_add(b, at, DNNL_ARG_DST, dst, dst_block, NULL));
+            TRY(arg_add(b, at, DNNL_ARG_SRC, dst, dst_block, -1));
+            TRY(arg_add(b, at, DNNL_ARG_DST, dst, dst_block, -1));
         } else {
             dnnl_memory_desc_t have, want;
             TRY(post_md(b, p, nd, dims, dst, &have, &want));
@@ -983,9 +974,9 @@ static int post_steps(struct build *b, int from, int nd, const dnnl_dim_t *dims,
             dnnl_primitive_desc_t pd;
             TRY(pd_create_plain(b, &bd, &pd, "post-op binary creation"));
             TRY(prim_insert(b, at, pd, "post-op binary creation"));
-            TRY(arg_add(b, at, DNNL_ARG_SRC_0, dst, dst_block, NULL));
+            TRY(arg_add(b, at, DNNL_ARG_SRC_0, dst, dst_block, -1));
             TRY(bind_in(b, &at, DNNL_ARG_SRC_1, p->value, &have, &want));
-            TRY(arg_add(b, at, DNNL_ARG_DST, dst, dst_block, NULL));
+            TRY(arg_add(b, at, DNNL_ARG_DST, dst, dst_block, -1));
         }
     }
     return 0;
@@ -1008,7 +999,7 @@ static int finish_out(struct build *b, size_t *si, const dnnl_memory_desc_t *dst
         TRY(set_out(b, v, &plain, 0, &out_blk));
         TRY(temp_block(b, dnnl_memory_desc_get_size(dst), &blk));
     }
-    TRY(arg_add(b, *si, DNNL_ARG_DST, dst, blk, NULL));
+    TRY(arg_add(b, *si, DNNL_ARG_DST, dst, blk, -1));
     for (int i = 0; i < n_fused; i++) {
         const struct etf_post_op *p = &b->kn->post[i];
         if (p->kind == ETF_POST_ELTWISE)
@@ -1030,7 +1021,7 @@ static int finish_out(struct build *b, size_t *si, const dnnl_memory_desc_t *dst
     TRY(post_steps(b, n_fused, nd, dims, dst, blk));
     if (out_blk >= 0) {
         size_t at = b->ck->n_steps;
-        TRY(reorder_insert(b, &at, dst, blk, NULL, &plain, out_blk));
+        TRY(reorder_insert(b, &at, dst, blk, -1, &plain, out_blk));
     }
     return 0;
 }
@@ -1417,7 +1408,7 @@ static int expand_insert(struct build *b, size_t *si, int v, int nd, const dnnl_
     }
     st->n = dims_elems(nd, to);
     TRY(bind_in(b, &at, DNNL_ARG_SRC, v, &have, &plain_from));
-    TRY(arg_add(b, at, DNNL_ARG_DST, &plain_to, *block, NULL));
+    TRY(arg_add(b, at, DNNL_ARG_DST, &plain_to, *block, -1));
     *si = at + 1;
     return 0;
 }
@@ -1467,7 +1458,7 @@ static int build_binary(struct build *b)
     TRY(create_pd(b, &bd, NULL, nd, yd, &pd, &n_fused, "binary creation"));
     TRY(prim_insert(b, si, pd, "binary creation"));
     if (expanded >= 0)
-        TRY(arg_add(b, si, DNNL_ARG_SRC_0, &src0, expanded, NULL));
+        TRY(arg_add(b, si, DNNL_ARG_SRC_0, &src0, expanded, -1));
     else
         TRY(bind_in(b, &si, DNNL_ARG_SRC_0, a, &src0, NULL));
     TRY(bind_in(b, &si, DNNL_ARG_SRC_1, c, &src1_have, &src1));
@@ -1692,15 +1683,14 @@ static int build_pad(struct build *b)
         TRY(step_insert(b, si, STEP_FILL));
         b->ck->steps[si].n = dims_elems(nd, yd);
         b->ck->steps[si].value = kn->attr.pad.value;
-        TRY(arg_add(b, si, DNNL_ARG_DST, &dst, blk, NULL));
+        TRY(arg_add(b, si, DNNL_ARG_DST, &dst, blk, -1));
         si++;
     }
     if (copy) {
         TRY(value_md(b, x, nd, xd, &have));
-        int s = storage(b, x), src_blk = -1;
-        void *src_data = NULL;
+        int s = storage(b, x), src_blk = -1, src_weight = -1;
         if (val(b, s)->kind == ETF_VALUE_CONSTANT) {
-            src_data = (void *)val(b, s)->data;
+            TRY(weight_of(b, s, &have, &have, &src_weight));
         } else if (md_is_plain(&have)) {
             src_blk = b->vals[s].block;
             if (src_blk < 0)
@@ -1713,7 +1703,7 @@ static int build_pad(struct build *b)
         dnnl_memory_desc_t sub_src, sub_dst;
         TRY_DNNL(b, dnnl_memory_desc_init_submemory(&sub_src, &src_plain, ext, soff), "pad setup");
         TRY_DNNL(b, dnnl_memory_desc_init_submemory(&sub_dst, &dst, ext, doff), "pad setup");
-        TRY(reorder_insert(b, &si, &sub_src, src_blk, src_data, &sub_dst, blk));
+        TRY(reorder_insert(b, &si, &sub_src, src_blk, src_weight, &sub_dst, blk));
     }
     return post_steps(b, 0, nd, yd, &dst, blk);
 }
@@ -1789,8 +1779,8 @@ static int build_kernel(struct build *b)
 
 static float *arg_ptr(const struct etf_dmodel *dm, const struct build *b, const struct cpu_arg *a)
 {
-    if (a->block < 0)
-        return a->data;
+    if (a->weight >= 0)
+        return (float *)(dm->weights + b->weights[a->weight].offset);
     return (float *)(dm->arena + b->blocks[a->block].offset);
 }
 
@@ -1802,8 +1792,88 @@ static const struct cpu_arg *find_arg(const struct cpu_step *st, int id)
     return NULL;
 }
 
-/* Places the arena, allocates and touches it, and turns every step's arguments into
- * memory objects over it. */
+/* Fills weight w from the plan's constant: a copy where the layouts agree, else a reorder
+ * (run on the load's stream, on the load's threads). */
+static int weight_fill(struct build *b, const struct cpu_weight *w)
+{
+    const struct etf_value *x = val(b, w->value);
+    void *dst = b->dm->weights + w->offset;
+    size_t bytes = dnnl_memory_desc_get_size(&w->want);
+    if (dnnl_memory_desc_equal(&w->have, &w->want) == 1 &&
+        bytes == shape_elems(&x->shape) * sizeof(float)) {
+        memcpy(dst, x->data, bytes);
+        return 0;
+    }
+    int rc = 0;
+    dnnl_memory_t src = NULL, to = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t prim = NULL;
+    dnnl_status_t st = dnnl_memory_create(&src, &w->have, b->dev->engine, (void *)x->data);
+    if (st == dnnl_success)
+        st = dnnl_memory_create(&to, &w->want, b->dev->engine, dst);
+    if (st == dnnl_success)
+        st = dnnl_reorder_primitive_desc_create(&pd, &w->have, b->dev->engine, &w->want,
+                                                b->dev->engine, NULL);
+    if (st == dnnl_success)
+        st = dnnl_primitive_create(&prim, pd);
+    if (st == dnnl_success) {
+        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, to}};
+        st = dnnl_primitive_execute(prim, b->stream, 2, args);
+    }
+    if (st == dnnl_success)
+        st = dnnl_stream_wait(b->stream);
+    if (st != dnnl_success)
+        rc = dnnl_fail(b, st, "weight reorder");
+    if (prim)
+        dnnl_primitive_destroy(prim);
+    if (pd)
+        dnnl_primitive_desc_destroy(pd);
+    if (to)
+        dnnl_memory_destroy(to);
+    if (src)
+        dnnl_memory_destroy(src);
+    return rc;
+}
+
+/* Lays the weights out in one buffer and fills it, in the order the kernels read them.
+ * Each plan constant is reported taken (plan.h) as soon as its last weight is filled: a plan
+ * whose weights the owner dropped then frees it at once, so that the plan's copy shrinks as
+ * this one grows. The buffer is a big one, not populated: each page is faulted in by the
+ * fill that writes it first, and blocked layouts' padding reads as the zeros it must be. */
+static int weights_load(struct build *b)
+{
+    struct etf_dmodel *dm = b->dm;
+    const struct etf_plan *p = b->plan;
+    size_t total = 0;
+    for (size_t i = 0; i < b->n_weights; i++) {
+        b->weights[i].offset = total;
+        size_t bytes = dnnl_memory_desc_get_size(&b->weights[i].want);
+        total += (bytes + CPU_ALIGN - 1) / CPU_ALIGN * CPU_ALIGN;
+    }
+    if (total == 0)
+        return 0;
+    dm->weights = etf__bigmem_alloc(total, false);
+    if (!dm->weights)
+        return kfail(b, ETF_ENOMEM, "out of memory for %zu bytes of weights", total);
+    dm->weights_bytes = total;
+    size_t *last = malloc(p->n_values * sizeof *last); /* the last weight of each value */
+    if (!last)
+        return kfail(b, ETF_ENOMEM, "out of memory");
+    for (size_t i = 0; i < b->n_weights; i++)
+        last[b->weights[i].value] = i;
+    int rc = 0;
+    for (size_t i = 0; i < b->n_weights && rc == 0; i++) {
+        rc = weight_fill(b, &b->weights[i]);
+        if (rc == 0 && last[b->weights[i].value] == i)
+            etf__plan_weight_taken(p, b->weights[i].value);
+    }
+    free(last);
+    return rc;
+}
+
+/* Places the arena, allocates it with every page faulted in (now, not during the first
+ * inference), and turns every step's arguments into memory objects over it and the
+ * weights. */
 static int finalize(struct build *b)
 {
     struct etf_dmodel *dm = b->dm;
@@ -1811,12 +1881,10 @@ static int finalize(struct build *b)
     size_t total;
     if (etf__arena_place(b->blocks, b->n_blocks, &total))
         return kfail(b, ETF_ENOMEM, "out of memory");
-    dm->arena_bytes = total;
-    dm->arena = aligned_alloc(CPU_ALIGN, total ? total : CPU_ALIGN);
+    dm->arena_bytes = total ? total : CPU_ALIGN;
+    dm->arena = etf__bigmem_alloc(dm->arena_bytes, true);
     if (!dm->arena)
         return kfail(b, ETF_ENOMEM, "out of memory for an arena of %zu bytes", total);
-    /* Touch every page now, not during the first inference. */
-    memset(dm->arena, 0, total);
 
     for (size_t k = 0; k < dm->n_kernels; k++) {
         b->kn = &p->kernels[k];
@@ -1879,10 +1947,8 @@ static void device_cpu_unload(struct etf_device *dev, struct etf_dmodel *dm)
         }
         free(dm->kernels);
     }
-    for (size_t i = 0; i < dm->n_consts; i++)
-        free(dm->consts[i]);
-    free(dm->consts);
-    free(dm->arena);
+    etf__bigmem_free(dm->weights, dm->weights_bytes);
+    etf__bigmem_free(dm->arena, dm->arena_bytes);
     free(dm->in);
     free(dm->out);
     free(dm);
@@ -1942,6 +2008,8 @@ static int device_cpu_load(struct etf_device *dev, const struct etf_model_desc *
     }
     b.kn = NULL;
     if (rc == 0)
+        rc = weights_load(&b);
+    if (rc == 0)
         rc = finalize(&b);
 
 destroy_stream:
@@ -1950,6 +2018,7 @@ free_build:
     threads_leave(d, prev_threads);
     free(b.vals);
     free(b.blocks);
+    free(b.weights);
     if (rc) {
         device_cpu_unload(dev, dm);
         return rc;

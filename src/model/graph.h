@@ -7,10 +7,12 @@
  *
  * The graph lives only while a model is being loaded and borrows strings (tensor and node
  * names) from the decoded protobuf. Everything that outlives the graph is in one arena: the
- * decoded message itself (protobuf-c allocates from it, so weights are copied once, out of
- * the file's bytes), folded constants and rewritten weights. The plan takes the arena over.
- * An arena also avoids faulting memory in page by page: its chunks are populated in one go,
- * which matters when the weights are hundreds of megabytes.
+ * file's bytes (initializers' data stay where they lie in them), the decoded message
+ * (protobuf-c allocates from it), folded constants and rewritten weights. The plan takes
+ * the arena over. Its big chunks are huge-page buffers (util/bigmem.h), faulted in at a
+ * fraction of the cost of small pages, which matters when the weights are hundreds of
+ * megabytes, and able to give back the pages of weights a device has taken
+ * (etf_plan_drop_weights).
  */
 #ifndef ETF_MODEL_GRAPH_H
 #define ETF_MODEL_GRAPH_H
@@ -19,6 +21,7 @@
 #include "model/plan.h"
 #include "onnx.pb-c.h"
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -148,10 +151,23 @@ struct etf__graph {
     size_t ht_cap;
 };
 
+/* The constants' data of a plan and what devices did with it (plan.c). */
+struct etf__plan_weights {
+    struct etf__arena *arena; /* the constants' data; nothing else is live in it */
+    /* Loads may run on several threads: the rest is under `lock`. */
+    pthread_mutex_t lock;
+    unsigned char *state; /* per value: ETF__W_* */
+    bool on_load;         /* loads free what they take (etf_plan_drop_weights_on_load) */
+};
+enum {
+    ETF__W_TAKEN = 1,  /* a device holds its own copy (etf__plan_weight_taken) */
+    ETF__W_NEEDED = 2, /* a kernel reads it (set when weights are dropped) */
+};
+
 /* The plan as allocated by the model layer: the public part first, then what it owns. */
 struct etf__plan_full {
     struct etf_plan plan;
-    struct etf__arena *arena; /* constant data referred to by values */
+    struct etf__plan_weights weights; /* plan.weights points here */
 };
 
 /* ---- onnx_load.c: the arena ---- */
@@ -159,6 +175,9 @@ struct etf__plan_full {
  * aligned. first_chunk sizes the first chunk (later ones grow). */
 struct etf__arena *etf__arena_new(size_t first_chunk);
 void *etf__arena_alloc(struct etf__arena *a, size_t size);
+/* Gives back to the system the whole pages of [lo, hi) that lie in the arena's big chunks;
+ * nothing there may be read again (it reads as zeros). */
+void etf__arena_release(struct etf__arena *a, const void *lo, const void *hi);
 void etf__arena_free(struct etf__arena *a);
 
 /* ---- graph.c ---- */
@@ -204,21 +223,25 @@ bool etf__shape_eq(const struct etf_shape *a, const struct etf_shape *b);
 bool etf__shape_elems_checked(const struct etf_shape *s, size_t limit, size_t *out);
 
 /* ---- onnx_load.c ---- */
-/* Decodes and checks a model and builds its graph (not yet inferred); the decoded message
- * lives in the graph's arena. */
-int etf__onnx_load(const void *bytes, size_t len, const char *origin, const char *base_dir,
-                   const struct etf_model_options *opts, struct etf__graph **out,
-                   struct etf_diag *diag);
-/* A whole file's bytes (at most max), mapped or read. */
+/* Decodes and checks a model and builds its graph (not yet inferred). Takes arena a over
+ * (freed on failure, the graph's on success); bytes are the model's, in a: the loader
+ * rewrites them in place and initializers' data stay there. The decoded message lives in a
+ * too. */
+int etf__onnx_load(struct etf__arena *a, uint8_t *bytes, size_t len, const char *origin,
+                   const char *base_dir, const struct etf_model_options *opts,
+                   struct etf__graph **out, struct etf_diag *diag);
+/* A whole file's bytes (at most max bytes), read: malloc'd (etf__file_read, freed with
+ * etf__file_release), or into arena a (etf__file_read_arena: *bytes, *len). */
 struct etf__file_buf {
     void *bytes;
     size_t len;
-    bool mapped;
 };
 int etf__file_read(const char *path, size_t max, struct etf__file_buf *out, struct etf_diag *diag);
 void etf__file_release(struct etf__file_buf *f);
-/* Turns a TensorProto into constant tensor t (the decoded bytes are used in place where
- * they are aligned). `what` names it in messages ("initializer 'w'"). */
+int etf__file_read_arena(const char *path, size_t max, struct etf__arena *a, void **bytes,
+                         size_t *len, struct etf_diag *diag);
+/* Turns a TensorProto into constant tensor t (raw bytes are used in place where they are
+ * aligned). `what` names it in messages ("initializer 'w'"). */
 int etf__tensor_from_proto(struct etf__graph *g, int t, Onnx__TensorProto *tp, const char *what,
                            struct etf_diag *diag);
 /* Name of an ONNX data type ("FLOAT", "INT8", ...). */

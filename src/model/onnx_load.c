@@ -3,22 +3,20 @@
  * fp32 (or integers for shape arithmetic) and whose data matches their dims, external data
  * confined to the model's folder, model inputs with static shapes but for the batch.
  *
- * Weights are not copied here: protobuf-c already made one copy of them while decoding, and
- * the graph steals those buffers from the message (see etf__tensor_from_proto).
+ * Weights are not copied here: initializers' raw data stay in the file's bytes, which the
+ * arena holds (see "zero-copy decoding" below), and protobuf-c decodes only the rest.
  */
-/* realpath() is an XSI function, MAP_ANONYMOUS and MAP_POPULATE are not POSIX: glibc
- * declares them only with these. */
+/* realpath() is an XSI function: glibc declares it only with this. */
 #define _XOPEN_SOURCE 700
-#define _DEFAULT_SOURCE
 
 #include "model/graph.h"
+#include "util/bigmem.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -38,29 +36,17 @@ struct etf__arena {
 
 #define ARENA_ALIGN ((size_t)16)
 #define ARENA_HDR ((sizeof(struct arena_chunk) + ARENA_ALIGN - 1) & ~(ARENA_ALIGN - 1))
-/* Chunks this large are mapped and populated in one call: faulting hundreds of megabytes
- * of weights in page by page costs more than reading them. */
+/* Chunks this large are big buffers (util/bigmem.h), populated in one call: faulting
+ * hundreds of megabytes of weights in page by page costs more than reading them, and their
+ * pages can be given back one range at a time (etf__arena_release). */
 #define ARENA_MAP_MIN ((size_t)256 << 10)
 
 static struct arena_chunk *chunk_new(size_t size)
 {
-    struct arena_chunk *c = NULL;
-    bool mapped = false;
-    if (size >= ARENA_MAP_MIN) {
-        int flags = MAP_PRIVATE | MAP_ANONYMOUS;
-#ifdef MAP_POPULATE
-        flags |= MAP_POPULATE;
-#endif
-        void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, flags, -1, 0);
-        if (p == MAP_FAILED)
-            return NULL;
-        c = p;
-        mapped = true;
-    } else {
-        c = calloc(1, size);
-        if (!c)
-            return NULL;
-    }
+    bool mapped = size >= ARENA_MAP_MIN;
+    struct arena_chunk *c = mapped ? etf__bigmem_alloc(size, true) : calloc(1, size);
+    if (!c)
+        return NULL;
     c->size = size;
     c->used = ARENA_HDR;
     c->mapped = mapped;
@@ -71,7 +57,7 @@ static struct arena_chunk *chunk_new(size_t size)
 static void chunk_free(struct arena_chunk *c)
 {
     if (c->mapped)
-        munmap(c, c->size);
+        etf__bigmem_free(c, c->size);
     else
         free(c);
 }
@@ -125,6 +111,19 @@ void *etf__arena_alloc(struct etf__arena *a, size_t size)
     return p;
 }
 
+void etf__arena_release(struct etf__arena *a, const void *lo, const void *hi)
+{
+    for (struct arena_chunk *c = a->head; c; c = c->next) {
+        if (!c->mapped)
+            continue; /* small, and malloc's: its pages are not ours to give back */
+        uintptr_t start = (uintptr_t)c + ARENA_HDR, end = (uintptr_t)c + c->size;
+        uintptr_t from = (uintptr_t)lo > start ? (uintptr_t)lo : start;
+        uintptr_t to = (uintptr_t)hi < end ? (uintptr_t)hi : end;
+        if (to > from)
+            etf__bigmem_release(c, c->size, (void *)from, to - from);
+    }
+}
+
 void etf__arena_free(struct etf__arena *a)
 {
     if (!a)
@@ -147,9 +146,15 @@ static void pb_free(void *data, void *p)
     (void)p; /* the arena goes as a whole */
 }
 
-int etf__file_read(const char *path, size_t max, struct etf__file_buf *out, struct etf_diag *diag)
+/* Reads the whole file at path (at most max bytes) into *bytes, allocated by alloc(ctx,
+ * size); on failure *bytes is what was allocated, if anything, for the caller to free.
+ * Read rather than mapped: a file truncated under a mapping would kill the process with
+ * SIGBUS, where read() just comes back short; and the model loader rewrites the bytes. */
+static int read_whole(const char *path, size_t max, void *(*alloc)(void *ctx, size_t size),
+                      void *ctx, void **bytes, size_t *len, struct etf_diag *diag)
 {
-    memset(out, 0, sizeof *out);
+    *bytes = NULL;
+    *len = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return etf_diagf(diag, errno == ENOENT ? ETF_ENOENT : ETF_EIO, "%s: %s", path,
@@ -166,22 +171,7 @@ int etf__file_read(const char *path, size_t max, struct etf__file_buf *out, stru
         goto close_fd;
     }
     size_t size = (size_t)st.st_size;
-    out->len = size;
-    if (size == 0)
-        goto close_fd;
-    /* Mapped rather than read: the bytes are only decoded once, and reading would copy them
-     * into memory faulted in page by page. The mapping lives only while the model loads. */
-    int flags = MAP_PRIVATE;
-#ifdef MAP_POPULATE
-    flags |= MAP_POPULATE;
-#endif
-    void *p = mmap(NULL, size, PROT_READ, flags, fd, 0);
-    if (p != MAP_FAILED) {
-        out->bytes = p;
-        out->mapped = true;
-        goto close_fd;
-    }
-    char *buf = malloc(size);
+    char *buf = *bytes = alloc(ctx, size);
     if (!buf) {
         rc = etf_diagf(diag, ETF_ENOMEM, "%s: out of memory for %zu bytes", path, size);
         goto close_fd;
@@ -194,24 +184,46 @@ int etf__file_read(const char *path, size_t max, struct etf__file_buf *out, stru
         if (r <= 0) {
             rc = etf_diagf(diag, ETF_EIO, "%s: read failed%s%s", path,
                            r < 0 ? ": " : " (the file shrank)", r < 0 ? strerror(errno) : "");
-            free(buf);
             goto close_fd;
         }
         done += (size_t)r;
     }
-    out->bytes = buf;
+    *len = size;
 close_fd:
     close(fd);
     return rc;
 }
 
+static void *alloc_malloc(void *ctx, size_t size)
+{
+    (void)ctx;
+    return malloc(size ? size : 1);
+}
+
+static void *alloc_arena(void *ctx, size_t size)
+{
+    return etf__arena_alloc(ctx, size);
+}
+
+int etf__file_read(const char *path, size_t max, struct etf__file_buf *out, struct etf_diag *diag)
+{
+    int rc = read_whole(path, max, alloc_malloc, NULL, &out->bytes, &out->len, diag);
+    if (rc)
+        etf__file_release(out);
+    return rc;
+}
+
 void etf__file_release(struct etf__file_buf *f)
 {
-    if (f->mapped)
-        munmap(f->bytes, f->len);
-    else
-        free(f->bytes);
+    free(f->bytes);
     memset(f, 0, sizeof *f);
+}
+
+int etf__file_read_arena(const char *path, size_t max, struct etf__arena *a, void **bytes,
+                         size_t *len, struct etf_diag *diag)
+{
+    /* what a failed read allocated goes with the arena */
+    return read_whole(path, max, alloc_arena, a, bytes, len, diag);
 }
 
 const char *etf__onnx_type_name(int32_t dt)
@@ -403,8 +415,9 @@ out:
 
 /* ---- constants ---- */
 
-/* The bytes protobuf-c decoded may serve as float/int64 storage when aligned for it (they
- * come from the arena, so they always are). */
+/* Raw bytes may serve as float/int64 storage where they are aligned for it: an initializer's
+ * in the file's bytes nearly always are (align_raw), a Constant's decoded by protobuf-c and
+ * external data come from the arena. */
 static bool aligned_for(const void *p, size_t align)
 {
     return ((uintptr_t)p % align) == 0;
@@ -457,8 +470,9 @@ int etf__tensor_from_proto(struct etf__graph *g, int t, Onnx__TensorProto *tp, c
                          g->origin, what, bytes, etf__shape_str(&shape, sbuf), g->max_bytes);
     size_t src_bytes = n * src_size;
 
-    /* Where the elements are: raw little-endian bytes (decoded from the message, or read
-     * from a file) or a typed repeated field; all of them in the arena already. */
+    /* Where the elements are: raw little-endian bytes (in the file's bytes, decoded from the
+     * message, or read from an external file) or a typed repeated field; all of them in the
+     * arena already. */
     const void *raw = NULL, *typed = NULL;
     if (tp->has_data_location && tp->data_location == ONNX__TENSOR_PROTO__DATA_LOCATION__EXTERNAL) {
         void *ext = NULL;
@@ -495,8 +509,8 @@ int etf__tensor_from_proto(struct etf__graph *g, int t, Onnx__TensorProto *tp, c
     void *data = NULL;
     bool direct =
         dt == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT || dt == ONNX__TENSOR_PROTO__DATA_TYPE__INT64;
-    if (n > 0 && direct && raw && aligned_for(raw, 8)) {
-        data = (void *)raw; /* used where protobuf-c decoded it: no copy */
+    if (n > 0 && direct && raw && aligned_for(raw, src_size)) {
+        data = (void *)raw; /* used where it lies: no copy */
     } else if (n > 0 && direct && typed) {
         data = (void *)typed;
     } else {
@@ -839,30 +853,316 @@ static int build_graph(struct etf__graph *g, Onnx__GraphProto *gp, struct etf_di
     return 0;
 }
 
-int etf__onnx_load(const void *bytes, size_t len, const char *origin, const char *base_dir,
-                   const struct etf_model_options *opts, struct etf__graph **out,
-                   struct etf_diag *diag)
+/* ---- zero-copy decoding ----
+ *
+ * protobuf-c copies every bytes field it decodes, and the initializers' raw_data are nearly
+ * all of a model file: decoding the file as it is would hold the weights twice. So the
+ * loader decodes a copy of the message without them (nodes, names, shapes: kilobytes) and
+ * points each initializer's raw_data into the file's own bytes. Only the framing of the
+ * messages is walked here (ModelProto.graph = 7, GraphProto.initializer = 5,
+ * TensorProto.raw_data = 9); everything else, its checks included, is protobuf-c's.
+ */
+
+enum {
+    PB_MODEL_GRAPH = 7,
+    PB_GRAPH_INITIALIZER = 5,
+    PB_TENSOR_RAW_DATA = 9,
+    PB_WIRE_VARINT = 0,
+    PB_WIRE_FIXED64 = 1,
+    PB_WIRE_LEN = 2,
+    PB_WIRE_FIXED32 = 5,
+};
+
+/* One field of a message: [start, end) in the bytes; a length-delimited one's payload is
+ * [data, end), and its tag takes [start, tag_end). */
+struct pb_field {
+    const uint8_t *start, *tag_end, *data, *end;
+    uint64_t number;
+    unsigned wire;
+};
+
+static bool pb_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    *v = 0;
+    for (unsigned shift = 0; shift < 64 && *p < end; shift += 7) {
+        uint8_t byte = *(*p)++;
+        *v |= (uint64_t)(byte & 0x7f) << shift;
+        if (!(byte & 0x80))
+            return true;
+    }
+    return false;
+}
+
+/* The field at *p, which moves past it; false when the bytes are not protobuf (truncated,
+ * or groups, which ONNX does not use and protobuf-c refuses too). */
+static bool pb_next(const uint8_t **p, const uint8_t *end, struct pb_field *f)
+{
+    uint64_t tag, n;
+    f->start = *p;
+    if (!pb_varint(p, end, &tag))
+        return false;
+    f->tag_end = f->data = *p;
+    f->number = tag >> 3;
+    f->wire = (unsigned)(tag & 7);
+    switch (f->wire) {
+    case PB_WIRE_VARINT:
+        if (!pb_varint(p, end, &n))
+            return false;
+        break;
+    case PB_WIRE_FIXED64:
+    case PB_WIRE_FIXED32: {
+        size_t w = f->wire == PB_WIRE_FIXED64 ? 8 : 4;
+        if ((size_t)(end - *p) < w)
+            return false;
+        *p += w;
+        break;
+    }
+    case PB_WIRE_LEN:
+        if (!pb_varint(p, end, &n) || n > (uint64_t)(end - *p))
+            return false;
+        f->data = *p;
+        *p += n;
+        break;
+    default:
+        return false;
+    }
+    f->end = *p;
+    return true;
+}
+
+static size_t pb_varint_size(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static uint8_t *pb_put_varint(uint8_t *out, uint64_t v)
+{
+    while (v >= 0x80) {
+        *out++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *out++ = (uint8_t)v;
+    return out;
+}
+
+/* Where one initializer's raw_data lies in the file's bytes (the last occurrence, as
+ * protobuf reads repeated singular fields), and its message's length without it. */
+struct raw_slice {
+    size_t offset, len;
+    bool present;
+    size_t stripped_len;
+};
+
+struct strip {
+    const uint8_t *base;   /* the file's bytes */
+    struct raw_slice *raw; /* one per initializer, in file order */
+    size_t n_raw, cap_raw;
+    uint8_t *out; /* the stripped copy */
+};
+
+/* Appends f as it is to out. */
+static uint8_t *copy_field(uint8_t *out, const struct pb_field *f)
+{
+    memcpy(out, f->start, (size_t)(f->end - f->start));
+    return out + (f->end - f->start);
+}
+
+/* f's tag followed by a new payload length: its size, and appended to out. */
+static size_t header_size(const struct pb_field *f, size_t len)
+{
+    return (size_t)(f->tag_end - f->start) + pb_varint_size(len);
+}
+
+static uint8_t *put_header(uint8_t *out, const struct pb_field *f, size_t len)
+{
+    memcpy(out, f->start, (size_t)(f->tag_end - f->start));
+    return pb_put_varint(out + (f->tag_end - f->start), len);
+}
+
+/* Measures a TensorProto's payload without its raw_data and records where that lies. */
+static bool measure_tensor(const struct strip *s, const struct pb_field *t, struct raw_slice *rs)
+{
+    *rs = (struct raw_slice){0};
+    for (const uint8_t *p = t->data; p < t->end;) {
+        struct pb_field f;
+        if (!pb_next(&p, t->end, &f))
+            return false;
+        if (f.number == PB_TENSOR_RAW_DATA && f.wire == PB_WIRE_LEN) {
+            rs->offset = (size_t)(f.data - s->base);
+            rs->len = (size_t)(f.end - f.data);
+            rs->present = true;
+        } else {
+            rs->stripped_len += (size_t)(f.end - f.start);
+        }
+    }
+    return true;
+}
+
+/* Measures a GraphProto's payload with its initializers' raw_data left out, recording the
+ * slices in s->raw. */
+static int measure_graph(struct strip *s, const struct pb_field *g, size_t *len)
+{
+    size_t total = 0;
+    for (const uint8_t *p = g->data; p < g->end;) {
+        struct pb_field f;
+        if (!pb_next(&p, g->end, &f))
+            return ETF_EFORMAT;
+        if (f.number != PB_GRAPH_INITIALIZER || f.wire != PB_WIRE_LEN) {
+            total += (size_t)(f.end - f.start);
+            continue;
+        }
+        if (s->n_raw == s->cap_raw) {
+            size_t cap = s->cap_raw ? 2 * s->cap_raw : 64;
+            struct raw_slice *r = realloc(s->raw, cap * sizeof *r);
+            if (!r)
+                return ETF_ENOMEM;
+            s->raw = r;
+            s->cap_raw = cap;
+        }
+        struct raw_slice *rs = &s->raw[s->n_raw++];
+        if (!measure_tensor(s, &f, rs))
+            return ETF_EFORMAT;
+        total += header_size(&f, rs->stripped_len) + rs->stripped_len;
+    }
+    *len = total;
+    return 0;
+}
+
+/* Appends the graph measured by measure_graph, its framing checked there. */
+static uint8_t *write_graph(const struct strip *s, const struct pb_field *g, uint8_t *out)
+{
+    size_t init = 0;
+    for (const uint8_t *p = g->data; p < g->end;) {
+        struct pb_field f;
+        pb_next(&p, g->end, &f);
+        if (f.number != PB_GRAPH_INITIALIZER || f.wire != PB_WIRE_LEN) {
+            out = copy_field(out, &f);
+            continue;
+        }
+        out = put_header(out, &f, s->raw[init++].stripped_len);
+        for (const uint8_t *q = f.data; q < f.end;) {
+            struct pb_field tf;
+            pb_next(&q, f.end, &tf);
+            if (tf.number != PB_TENSOR_RAW_DATA || tf.wire != PB_WIRE_LEN)
+                out = copy_field(out, &tf);
+        }
+    }
+    return out;
+}
+
+/* The model's bytes without initializer data into s->out (malloc'd, *out_len bytes), and
+ * where that data lies into s->raw. */
+static int strip_model(struct strip *s, const uint8_t *bytes, size_t len, size_t *out_len,
+                       const char *origin, struct etf_diag *diag)
+{
+    const uint8_t *end = bytes + len;
+    struct pb_field graph = {0};
+    size_t n_graphs = 0, total = 0, graph_len = 0;
+    for (const uint8_t *p = bytes; p < end;) {
+        struct pb_field f;
+        if (!pb_next(&p, end, &f))
+            goto not_protobuf;
+        if (f.number == PB_MODEL_GRAPH && f.wire == PB_WIRE_LEN) {
+            graph = f;
+            n_graphs++;
+        } else {
+            total += (size_t)(f.end - f.start);
+        }
+    }
+    if (n_graphs > 1) /* protobuf would merge them; ONNX writers write one */
+        return etf_diagf(diag, ETF_EFORMAT, "%s: the model has %zu graphs, expected one", origin,
+                         n_graphs);
+    if (n_graphs) {
+        int rc = measure_graph(s, &graph, &graph_len);
+        if (rc == ETF_ENOMEM)
+            return etf_diagf(diag, ETF_ENOMEM, "%s: out of memory", origin);
+        if (rc)
+            goto not_protobuf;
+        total += header_size(&graph, graph_len) + graph_len;
+    }
+    uint8_t *out = s->out = malloc(total ? total : 1);
+    if (!out)
+        return etf_diagf(diag, ETF_ENOMEM, "%s: out of memory", origin);
+    for (const uint8_t *p = bytes; p < end;) {
+        struct pb_field f;
+        pb_next(&p, end, &f);
+        if (f.number != PB_MODEL_GRAPH || f.wire != PB_WIRE_LEN) {
+            out = copy_field(out, &f);
+        } else {
+            out = put_header(out, &f, graph_len);
+            out = write_graph(s, &f, out);
+        }
+    }
+    *out_len = (size_t)(out - s->out);
+    return 0;
+not_protobuf:
+    return etf_diagf(diag, ETF_EFORMAT, "%s: not an ONNX model (protobuf decoding failed)", origin);
+}
+
+/* Moves each initializer's data down onto a 16-byte boundary (or 8, or 4 where the framing
+ * before it is shorter): the bytes in between are framing that nothing reads once the
+ * stripped copy is decoded. One left unaligned is copied later (etf__tensor_from_proto). */
+static void align_raw(uint8_t *base, struct raw_slice *raw, size_t n)
+{
+    size_t free_from = 0; /* bytes below this hold data already placed */
+    for (size_t i = 0; i < n; i++) {
+        struct raw_slice *r = &raw[i];
+        if (!r->present || r->len == 0)
+            continue;
+        for (size_t align = 16; align >= 4; align /= 2) {
+            uintptr_t at = (uintptr_t)(base + r->offset) & ~(uintptr_t)(align - 1);
+            if (at >= (uintptr_t)(base + free_from)) {
+                size_t to = (size_t)(at - (uintptr_t)base);
+                memmove(base + to, base + r->offset, r->len);
+                r->offset = to;
+                break;
+            }
+        }
+        free_from = r->offset + r->len;
+    }
+}
+
+int etf__onnx_load(struct etf__arena *a, uint8_t *bytes, size_t len, const char *origin,
+                   const char *base_dir, const struct etf_model_options *opts,
+                   struct etf__graph **out, struct etf_diag *diag)
 {
     *out = NULL;
-    size_t max = opts && opts->max_bytes ? opts->max_bytes : ETF_MODEL_DEFAULT_MAX_BYTES;
-    if (!host_is_little_endian())
-        return etf_diagf(diag, ETF_ENOTSUP, "%s: ONNX data is little-endian; this host is not",
-                         origin);
-    if (len > max)
-        return etf_diagf(diag, ETF_ELIMIT, "%s: the model is %zu bytes, over the limit of %zu",
-                         origin, len, max);
-    /* The decoded message takes about as much as the file (the weights) plus its structs. */
-    struct etf__arena *a = etf__arena_new(len + len / 8 + ((size_t)64 << 10));
-    if (!a)
-        return etf_diagf(diag, ETF_ENOMEM, "%s: out of memory", origin);
-    ProtobufCAllocator al = {.alloc = pb_alloc, .free = pb_free, .allocator_data = a};
-    Onnx__ModelProto *m = onnx__model_proto__unpack(&al, len, bytes);
     int rc = 0;
-    if (!m) {
-        rc = etf_diagf(diag, ETF_EFORMAT, "%s: not an ONNX model (protobuf decoding failed)",
+    struct strip st = {.base = bytes};
+    size_t max = opts && opts->max_bytes ? opts->max_bytes : ETF_MODEL_DEFAULT_MAX_BYTES;
+    if (!host_is_little_endian()) {
+        rc = etf_diagf(diag, ETF_ENOTSUP, "%s: ONNX data is little-endian; this host is not",
                        origin);
         goto free_arena;
     }
+    size_t stripped_len = 0;
+    if ((rc = strip_model(&st, bytes, len, &stripped_len, origin, diag)))
+        goto free_strip;
+    ProtobufCAllocator al = {.alloc = pb_alloc, .free = pb_free, .allocator_data = a};
+    Onnx__ModelProto *m = onnx__model_proto__unpack(&al, stripped_len, st.out);
+    free(st.out);
+    st.out = NULL;
+    if (!m || (m->graph ? m->graph->n_initializer : 0) != st.n_raw) {
+        rc = etf_diagf(diag, ETF_EFORMAT, "%s: not an ONNX model (protobuf decoding failed)",
+                       origin);
+        goto free_strip;
+    }
+    align_raw(bytes, st.raw, st.n_raw);
+    for (size_t i = 0; i < st.n_raw; i++) {
+        if (!st.raw[i].present)
+            continue;
+        Onnx__TensorProto *tp = m->graph->initializer[i];
+        tp->has_raw_data = 1;
+        tp->raw_data =
+            (ProtobufCBinaryData){.len = st.raw[i].len, .data = bytes + st.raw[i].offset};
+    }
+    free(st.raw);
+    st.raw = NULL;
     if (!m->has_ir_version) {
         rc = etf_diagf(diag, ETF_EFORMAT, "%s: not an ONNX model (no ir_version)", origin);
         goto free_arena;
@@ -904,6 +1204,9 @@ int etf__onnx_load(const void *bytes, size_t len, const char *origin, const char
     }
     *out = g;
     return 0;
+free_strip:
+    free(st.out);
+    free(st.raw);
 free_arena:
     etf__arena_free(a);
     return rc;

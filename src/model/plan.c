@@ -2,9 +2,10 @@
  * plan.h.
  *
  * etf_model_parse ties the stages together: decode and check (onnx_load.c), infer and fold
- * (graph.c), rewrite and lower (plan_build.c). The graph and the decoded message are freed
- * before returning; the plan keeps only its values, kernels and the constant buffers they
- * use.
+ * (graph.c), rewrite and lower (plan_build.c). The graph is freed before returning; the plan
+ * keeps its values and kernels, and the arena that holds the constants' data (and the dead
+ * bytes around it: the file's framing and the decoded message, which dropping the weights
+ * gives back, see etf_plan_drop_weights).
  */
 #include "model/graph.h"
 
@@ -31,6 +32,26 @@ int etf__plan_storage(const struct etf_plan *plan, int v)
 
 #define BAD_ID(p, id) ((id) < 0 || (size_t)(id) >= (p)->n_values)
 
+/* Whether value v (aliases checked already) is data, or a constant that has some. */
+static bool const_has_data(const struct etf_plan *p, int v)
+{
+    const struct etf_value *s = &p->values[etf__plan_storage(p, v)];
+    return s->kind != ETF_VALUE_CONSTANT || s->data;
+}
+
+static int no_data(const struct etf_plan *p, int v, const char *who, struct etf_diag *diag)
+{
+    int s = etf__plan_storage(p, v);
+    const char *vn = p->values[s].name ? p->values[s].name : "?";
+    if (p->weights) /* the model layer's constants all have data until dropped */
+        return etf_diagf(diag, ETF_EINVAL,
+                         "%s: plan '%.64s': constant '%.64s' was freed: the plan's weights were "
+                         "dropped, so it cannot be loaded again",
+                         who, p->name ? p->name : "?", vn);
+    return etf_diagf(diag, ETF_EINVAL, "%s: plan '%.64s': constant '%.64s' has no data", who,
+                     p->name ? p->name : "?", vn);
+}
+
 int etf__plan_check(const struct etf_plan *p, const char *who, struct etf_diag *diag)
 {
     const char *name = p->name ? p->name : "?";
@@ -54,9 +75,6 @@ int etf__plan_check(const struct etf_plan *p, const char *who, struct etf_diag *
                 etf__shape_elems(&p->values[etf__plan_storage(p, (int)v)].shape))
             return etf_diagf(diag, ETF_EINVAL,
                              "%s: plan '%.64s': value %zu: an alias of another size", who, name, v);
-        if (x->kind == ETF_VALUE_CONSTANT && x->alias_of < 0 && !x->data)
-            return etf_diagf(diag, ETF_EINVAL,
-                             "%s: plan '%.64s': value %zu: a constant without data", who, name, v);
     }
     for (size_t k = 0; k < p->n_kernels; k++) {
         const struct etf_kernel *kn = &p->kernels[k];
@@ -71,15 +89,23 @@ int etf__plan_check(const struct etf_plan *p, const char *who, struct etf_diag *
                              kn->name);
         const int *ins = kn->n_extra_inputs > 0 ? kn->extra_inputs : kn->inputs;
         int n = kn->n_extra_inputs > 0 ? kn->n_extra_inputs : kn->n_inputs;
-        for (int i = 0; i < n; i++)
+        for (int i = 0; i < n; i++) {
             if (BAD_ID(p, ins[i]))
                 return etf_diagf(diag, ETF_EINVAL, "%s: kernel '%.64s': input %d: bad value id %d",
                                  who, kn->name, i, ins[i]);
-        for (int i = 0; i < kn->n_post; i++)
-            if (kn->post[i].kind != ETF_POST_ELTWISE && BAD_ID(p, kn->post[i].value))
+            if (!const_has_data(p, ins[i]))
+                return no_data(p, ins[i], who, diag);
+        }
+        for (int i = 0; i < kn->n_post; i++) {
+            if (kn->post[i].kind == ETF_POST_ELTWISE)
+                continue;
+            if (BAD_ID(p, kn->post[i].value))
                 return etf_diagf(diag, ETF_EINVAL,
                                  "%s: kernel '%.64s': post-op %d: bad value id %d", who, kn->name,
                                  i, kn->post[i].value);
+            if (!const_has_data(p, kn->post[i].value))
+                return no_data(p, kn->post[i].value, who, diag);
+        }
     }
     for (size_t i = 0; i < p->n_inputs; i++)
         if (BAD_ID(p, p->inputs[i]) || p->values[p->inputs[i]].kind != ETF_VALUE_INPUT ||
@@ -87,14 +113,159 @@ int etf__plan_check(const struct etf_plan *p, const char *who, struct etf_diag *
             return etf_diagf(diag, ETF_EINVAL,
                              "%s: plan '%.64s': model input %zu is not an input value", who, name,
                              i);
-    for (size_t i = 0; i < p->n_outputs; i++)
+    for (size_t i = 0; i < p->n_outputs; i++) {
         if (BAD_ID(p, p->outputs[i]))
             return etf_diagf(diag, ETF_EINVAL, "%s: plan '%.64s': model output %zu: bad value id",
                              who, name, i);
+        if (!const_has_data(p, p->outputs[i]))
+            return no_data(p, p->outputs[i], who, diag);
+    }
     return 0;
 }
 
 #undef BAD_ID
+
+/* ---- weights ---- */
+
+static size_t const_bytes(const struct etf_value *x)
+{
+    return etf__shape_elems(&x->shape) * sizeof(float);
+}
+
+/* Frees the data of constant v and of the values that share it, unless (with `all` false) a
+ * kernel reads one that no device holds yet: their pages, and the pages around them that no
+ * other constant uses (framing, the decoded message, folded-away initializers), go back to
+ * the system, and their data pointers become NULL. Called with the lock held. */
+static void release_group(struct etf_plan *p, int v, bool all)
+{
+    struct etf__plan_weights *w = p->weights;
+    const float *data = p->values[v].data;
+    if (!data)
+        return;
+    size_t bytes = 0;
+    for (size_t u = 0; u < p->n_values; u++) {
+        if (p->values[u].data != data)
+            continue;
+        unsigned st = w->state[u];
+        if (!all && (st & ETF__W_NEEDED) && !(st & ETF__W_TAKEN))
+            return;
+        if (const_bytes(&p->values[u]) > bytes)
+            bytes = const_bytes(&p->values[u]);
+    }
+    for (size_t u = 0; u < p->n_values; u++)
+        if (p->values[u].data == data)
+            p->values[u].data = NULL;
+    /* From the end of the live constant below to the start of the one above; nothing when
+     * a live one overlaps (its own release covers these bytes then). */
+    uintptr_t lo = (uintptr_t)data, hi = lo + bytes, from = 0, to = UINTPTR_MAX;
+    for (size_t u = 0; u < p->n_values; u++) {
+        if (!p->values[u].data)
+            continue;
+        uintptr_t ulo = (uintptr_t)p->values[u].data, uhi = ulo + const_bytes(&p->values[u]);
+        if (ulo < hi && uhi > lo)
+            return;
+        if (uhi <= lo && uhi > from)
+            from = uhi;
+        if (ulo >= hi && ulo < to)
+            to = ulo;
+    }
+    etf__arena_release(w->arena, (const void *)from, (const void *)to);
+}
+
+static int cmp_range(const void *a, const void *b)
+{
+    const uintptr_t *x = a, *y = b;
+    return (x[0] > y[0]) - (x[0] < y[0]);
+}
+
+/* Gives back the arena's pages that hold no constant's data: the framing of the file, the
+ * decoded message, initializers that folding replaced. */
+static void release_dead(struct etf_plan *p)
+{
+    uintptr_t(*live)[2] = malloc((p->n_values ? p->n_values : 1) * sizeof *live);
+    if (!live)
+        return; /* they are only given back later, as the constants around them go */
+    size_t n = 0;
+    for (size_t v = 0; v < p->n_values; v++)
+        if (p->values[v].data) {
+            live[n][0] = (uintptr_t)p->values[v].data;
+            live[n][1] = live[n][0] + const_bytes(&p->values[v]);
+            n++;
+        }
+    qsort(live, n, sizeof *live, cmp_range);
+    uintptr_t from = 0;
+    for (size_t i = 0; i <= n; i++) {
+        uintptr_t to = i < n ? live[i][0] : UINTPTR_MAX;
+        if (to > from)
+            etf__arena_release(p->weights->arena, (const void *)from, (const void *)to);
+        if (i < n && live[i][1] > from)
+            from = live[i][1];
+    }
+    free(live);
+}
+
+static void mark_needed(struct etf_plan *p, int v)
+{
+    p->weights->state[etf__plan_storage(p, v)] |= ETF__W_NEEDED;
+}
+
+/* Which constants kernels read. (None is a model output: the model layer refuses those.) */
+static void mark_roles(struct etf_plan *p)
+{
+    for (size_t k = 0; k < p->n_kernels; k++) {
+        const struct etf_kernel *kn = &p->kernels[k];
+        const int *ins = kn->n_extra_inputs > 0 ? kn->extra_inputs : kn->inputs;
+        int n = kn->n_extra_inputs > 0 ? kn->n_extra_inputs : kn->n_inputs;
+        for (int i = 0; i < n; i++)
+            mark_needed(p, ins[i]);
+        for (int i = 0; i < kn->n_post; i++)
+            if (kn->post[i].kind != ETF_POST_ELTWISE)
+                mark_needed(p, kn->post[i].value);
+    }
+}
+
+void etf_plan_drop_weights(struct etf_plan *plan)
+{
+    struct etf__plan_weights *w = plan ? plan->weights : NULL;
+    if (!w)
+        return;
+    pthread_mutex_lock(&w->lock);
+    mark_roles(plan);
+    release_dead(plan);
+    for (size_t v = 0; v < plan->n_values; v++)
+        release_group(plan, (int)v, true);
+    pthread_mutex_unlock(&w->lock);
+}
+
+void etf_plan_drop_weights_on_load(struct etf_plan *plan)
+{
+    struct etf__plan_weights *w = plan ? plan->weights : NULL;
+    if (!w)
+        return;
+    pthread_mutex_lock(&w->lock);
+    mark_roles(plan);
+    for (size_t v = 0; v < plan->n_values; v++) /* what earlier loads took is theirs */
+        w->state[v] &= (unsigned char)~ETF__W_TAKEN;
+    w->on_load = true;
+    release_dead(plan);
+    for (size_t v = 0; v < plan->n_values; v++) /* constants no kernel reads */
+        release_group(plan, (int)v, false);
+    pthread_mutex_unlock(&w->lock);
+}
+
+void etf__plan_weight_taken(const struct etf_plan *plan, int v)
+{
+    struct etf__plan_weights *w = plan->weights;
+    if (!w || v < 0 || (size_t)v >= plan->n_values)
+        return;
+    pthread_mutex_lock(&w->lock);
+    w->state[v] |= ETF__W_TAKEN;
+    /* The plan's bookkeeping is the one part of it a load may change: every plan with
+     * weights was allocated by the model layer as a mutable object (plan_build.c). */
+    if (w->on_load)
+        release_group((struct etf_plan *)plan, v, false);
+    pthread_mutex_unlock(&w->lock);
+}
 
 void etf_plan_free(struct etf_plan *plan)
 {
@@ -111,7 +282,9 @@ void etf_plan_free(struct etf_plan *plan)
     free(plan->inputs);
     free(plan->outputs);
     free(plan->name);
-    etf__arena_free(pf->arena);
+    pthread_mutex_destroy(&pf->weights.lock);
+    free(pf->weights.state);
+    etf__arena_free(pf->weights.arena);
     free(pf);
 }
 
@@ -182,20 +355,17 @@ static char *plan_name(const char *origin)
     return strndup(base, len ? len : strlen(base));
 }
 
-int etf_model_parse(const void *bytes, size_t len, const char *origin, const char *base_dir,
-                    const struct etf_model_options *opts, struct etf_plan **out,
-                    struct etf_diag *diag)
+/* The first chunk of a model's arena: the decoded message without the weights (nodes, names,
+ * shapes) takes kilobytes; the file's bytes get a chunk of their own. */
+#define MODEL_ARENA_FIRST ((size_t)64 << 10)
+
+/* Loads the model whose bytes are in arena a, taking a over. */
+static int parse_in(struct etf__arena *a, uint8_t *bytes, size_t len, const char *origin,
+                    const char *base_dir, const struct etf_model_options *opts,
+                    struct etf_plan **out, struct etf_diag *diag)
 {
-    if (!out)
-        return etf_diagf(diag, ETF_EINVAL, "etf_model_parse: no place for the plan");
-    *out = NULL;
-    if (!bytes && len)
-        return etf_diagf(diag, ETF_EINVAL, "etf_model_parse: no bytes");
-    if (!origin || !*origin)
-        origin = "model";
     struct etf__graph *g;
-    static const unsigned char empty;
-    int rc = etf__onnx_load(bytes ? bytes : &empty, len, origin, base_dir, opts, &g, diag);
+    int rc = etf__onnx_load(a, bytes, len, origin, base_dir, opts, &g, diag);
     if (rc)
         return rc;
     char *name = plan_name(origin);
@@ -213,6 +383,33 @@ free_graph:
     return rc;
 }
 
+int etf_model_parse(const void *bytes, size_t len, const char *origin, const char *base_dir,
+                    const struct etf_model_options *opts, struct etf_plan **out,
+                    struct etf_diag *diag)
+{
+    if (!out)
+        return etf_diagf(diag, ETF_EINVAL, "etf_model_parse: no place for the plan");
+    *out = NULL;
+    if (!bytes && len)
+        return etf_diagf(diag, ETF_EINVAL, "etf_model_parse: no bytes");
+    if (!origin || !*origin)
+        origin = "model";
+    size_t max = opts && opts->max_bytes ? opts->max_bytes : ETF_MODEL_DEFAULT_MAX_BYTES;
+    if (len > max)
+        return etf_diagf(diag, ETF_ELIMIT, "%s: the model is %zu bytes, over the limit of %zu",
+                         origin, len, max);
+    /* A copy the loader may rewrite and the plan keep: the caller's bytes are borrowed. */
+    struct etf__arena *a = etf__arena_new(MODEL_ARENA_FIRST);
+    uint8_t *copy = a ? etf__arena_alloc(a, len) : NULL;
+    if (!copy) {
+        etf__arena_free(a);
+        return etf_diagf(diag, ETF_ENOMEM, "%s: out of memory for %zu bytes", origin, len);
+    }
+    if (len)
+        memcpy(copy, bytes, len);
+    return parse_in(a, copy, len, origin, base_dir, opts, out, diag);
+}
+
 int etf_model_open(const char *path, const struct etf_model_options *opts, struct etf_plan **out,
                    struct etf_diag *diag)
 {
@@ -222,20 +419,24 @@ int etf_model_open(const char *path, const struct etf_model_options *opts, struc
     if (!path || !*path)
         return etf_diagf(diag, ETF_EINVAL, "etf_model_open: no path");
     size_t max = opts && opts->max_bytes ? opts->max_bytes : ETF_MODEL_DEFAULT_MAX_BYTES;
-    struct etf__file_buf file;
-    int rc = etf__file_read(path, max, &file, diag);
-    if (rc)
-        return rc;
     /* external data lives next to the model */
     const char *slash = strrchr(path, '/');
     char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
-    if (!dir) {
+    struct etf__arena *a = etf__arena_new(MODEL_ARENA_FIRST);
+    int rc = 0;
+    if (!dir || !a) {
+        etf__arena_free(a);
         rc = etf_diagf(diag, ETF_ENOMEM, "%s: out of memory", path);
-        goto free_file;
+        goto free_dir;
     }
-    rc = etf_model_parse(file.bytes, file.len, path, dir, opts, out, diag);
+    void *bytes;
+    size_t len;
+    if ((rc = etf__file_read_arena(path, max, a, &bytes, &len, diag))) {
+        etf__arena_free(a);
+        goto free_dir;
+    }
+    rc = parse_in(a, bytes, len, path, dir, opts, out, diag);
+free_dir:
     free(dir);
-free_file:
-    etf__file_release(&file);
     return rc;
 }

@@ -16,7 +16,9 @@
  * Layout is logical: shapes are in ONNX order (NCHW for images). Each device chooses its
  * own memory layouts and arena offsets from the liveness the plan gives.
  *
- * Plans are immutable once built and may be shared by several loaded models.
+ * Plans are immutable once built and may be shared by several loaded models, with one
+ * exception: the constants' data (the weights), which the owner may let go once the devices
+ * hold copies of their own (etf_plan_drop_weights, etf__plan_weight_taken).
  */
 #ifndef ETF_MODEL_PLAN_H
 #define ETF_MODEL_PLAN_H
@@ -147,6 +149,8 @@ struct etf_kernel {
     int n_post;
 };
 
+struct etf__plan_weights; /* the model layer's bookkeeping of the constants' data (plan.c) */
+
 struct etf_plan {
     char *name;
     struct etf_value *values;
@@ -157,6 +161,8 @@ struct etf_plan {
     size_t n_inputs;
     int *outputs; /* value ids of the model outputs (may be aliases) */
     size_t n_outputs;
+    /* NULL in plans built by hand (tests), whose builder owns the constants' data. */
+    struct etf__plan_weights *weights;
 };
 
 /* Elements of a shape (product of dims; 1 for a scalar). */
@@ -166,10 +172,23 @@ size_t etf__shape_elems(const struct etf_shape *s);
 int etf__plan_storage(const struct etf_plan *plan, int v);
 
 /* Checks what a device relies on before it reads a plan: value ids in range, aliases that
- * end at a value of the same size, shapes within ETF_MAX_DIMS and not empty, constants with
- * data, known ops, input/output/post-op counts within their arrays. `who` prefixes the
- * message ("device cpu"). Returns 0, ETF_EINVAL (inconsistent) or ETF_ENOTSUP (an op or
- * an empty dimension the devices do not run). */
+ * end at a value of the same size, shapes within ETF_MAX_DIMS and not empty, data for every
+ * constant that a kernel reads or that is a model output, known ops, input/output/post-op
+ * counts within their arrays. `who` prefixes the message ("device cpu"). Returns 0, ETF_EINVAL
+ * (inconsistent, or weights dropped) or ETF_ENOTSUP (an op or an empty dimension the devices
+ * do not run). */
 int etf__plan_check(const struct etf_plan *plan, const char *who, struct etf_diag *diag);
+
+/* The weights contract of device loads. A load reads the constants' data (values[v].data)
+ * while it runs only: a loaded model keeps its own copy of every constant it uses (the CPU
+ * device reorders them, the GPU uploads them); only a constant model output may be read from
+ * the plan later, and only plans built by hand have those (the model layer refuses them).
+ * Once a load holds its copy of storage value v and will not read values[v].data again, it
+ * reports it here. If the owner let this load take the weights
+ * (etf_plan_drop_weights_on_load), v's data is freed then, so that the plan's weights shrink
+ * as the device's copy grows and are never resident twice; values[v].data (and that of the
+ * values sharing it) becomes NULL. Safe against loads of the plan on other threads; a no-op
+ * for plans built by hand. */
+void etf__plan_weight_taken(const struct etf_plan *plan, int v);
 
 #endif

@@ -1538,15 +1538,19 @@ static int assemble(struct builder *b, const char *name, struct etf_plan **out)
     p->name = strdup(name);
     p->inputs = calloc(g->n_inputs ? g->n_inputs : 1, sizeof *p->inputs);
     p->outputs = calloc(g->n_outputs ? g->n_outputs : 1, sizeof *p->outputs);
-    if (!p->name || !p->inputs || !p->outputs) {
+    pf->weights.state = calloc(b->nv ? b->nv : 1, 1);
+    if (!p->name || !p->inputs || !p->outputs || !pf->weights.state ||
+        pthread_mutex_init(&pf->weights.lock, NULL) != 0) {
+        free(pf->weights.state);
         free(p->outputs);
         free(p->inputs);
         free(p->name);
         free(pf);
         return oom(b);
     }
-    pf->arena = g->arena;
+    pf->weights.arena = g->arena;
     g->arena = NULL;
+    p->weights = &pf->weights;
     for (size_t i = 0; i < g->n_inputs; i++)
         p->inputs[p->n_inputs++] = b->val[g->inputs[i]];
     for (size_t i = 0; i < g->n_outputs; i++)

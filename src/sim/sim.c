@@ -60,6 +60,7 @@ struct sim_plan {
     const char *path; /* the scenario's */
     size_t batch;
     struct etf_plan *plan;
+    size_t loads_left; /* models of the scenario that run it and are not loaded yet */
 };
 
 struct sim_tenant {
@@ -317,15 +318,22 @@ static int inject(struct etf_sim *sim, uint64_t now, struct etf_diag *diag)
 
 /* The plan of the ONNX file and batch of `spec`, opened on first use. */
 static int open_plan(struct etf_sim *sim, const struct etf_scenario_model *spec, size_t ti,
-                     size_t j, const struct etf_plan **out, struct etf_diag *diag)
+                     size_t j, struct sim_plan **out, struct etf_diag *diag)
 {
     for (size_t i = 0; i < sim->n_plans; i++) {
-        const struct sim_plan *sp = &sim->plans[i];
+        struct sim_plan *sp = &sim->plans[i];
         if (sp->batch == spec->batch && strcmp(sp->path, spec->onnx_path) == 0) {
-            *out = sp->plan;
+            *out = sp;
             return 0;
         }
     }
+    size_t loads = 0;
+    for (size_t t = 0; t < sim->sc->n_tenants; t++)
+        for (size_t k = 0; k < sim->sc->tenants[t].n_models; k++) {
+            const struct etf_scenario_model *o = &sim->sc->tenants[t].models[k];
+            loads += o->onnx_path && o->batch == spec->batch &&
+                     strcmp(o->onnx_path, spec->onnx_path) == 0;
+        }
     struct etf_model_options opts = {.batch = spec->batch};
     struct etf_plan *plan;
     struct etf_diag d;
@@ -333,9 +341,10 @@ static int open_plan(struct etf_sim *sim, const struct etf_scenario_model *spec,
     if (err)
         return etf_diagf(diag, err, "tenants[%zu].models[%zu].onnx: %s", ti, j, d.msg);
     /* sim->plans has room for one per model. */
-    sim->plans[sim->n_plans++] =
-        (struct sim_plan){.path = spec->onnx_path, .batch = spec->batch, .plan = plan};
-    *out = plan;
+    struct sim_plan *sp = &sim->plans[sim->n_plans++];
+    *sp = (struct sim_plan){
+        .path = spec->onnx_path, .batch = spec->batch, .plan = plan, .loads_left = loads};
+    *out = sp;
     return 0;
 }
 
@@ -445,6 +454,7 @@ static int load_models(struct etf_sim *sim, struct etf_diag *diag)
             m->spec = spec;
             rng_seed(m->rng, sc->seed, mi);
             const struct etf_plan *plan = NULL;
+            struct sim_plan *sp = NULL;
             if (sim->realtime) {
                 /* The parser demands the file for the devices it knows; this is the same
                  * rule for any other. */
@@ -453,9 +463,13 @@ static int load_models(struct etf_sim *sim, struct etf_diag *diag)
                                      "tenants[%zu].models[%zu]: missing key \"onnx\": device "
                                      "\"%s\" runs the kernels of an ONNX file",
                                      ti, j, sc->device);
-                if ((err = open_plan(sim, spec, ti, j, &plan, diag)) ||
-                    (err = make_tensors(m, plan, diag)))
+                if ((err = open_plan(sim, spec, ti, j, &sp, diag)) ||
+                    (err = make_tensors(m, sp->plan, diag)))
                     return err;
+                plan = sp->plan;
+                /* The plan's last load takes its weights: they are never resident twice. */
+                if (--sp->loads_left == 0)
+                    etf_plan_drop_weights_on_load(sp->plan);
             }
             struct etf_profile *prof;
             if ((err = model_profile(sim, spec, ti, j, &prof, diag)))
@@ -473,6 +487,9 @@ static int load_models(struct etf_sim *sim, struct etf_diag *diag)
             }
         }
     }
+    /* Every model is loaded: what the devices left of the weights goes too. */
+    for (size_t i = 0; i < sim->n_plans; i++)
+        etf_plan_drop_weights(sim->plans[i].plan);
     return 0;
 }
 
