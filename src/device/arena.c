@@ -2,20 +2,15 @@
 #include "device/arena.h"
 
 #include "etf/etf.h"
+#include "util/array.h"
 
 #include <stdlib.h>
 
 int etf__arena_add(struct etf_arena_block **blocks, size_t *n, size_t *cap, size_t align,
                    size_t bytes, size_t first, size_t last)
 {
-    if (*n == *cap) {
-        size_t grown = *cap ? 2 * *cap : 64;
-        struct etf_arena_block *nb = realloc(*blocks, grown * sizeof *nb);
-        if (!nb)
-            return -1;
-        *blocks = nb;
-        *cap = grown;
-    }
+    if (etf__reserve(blocks, *n, cap, sizeof **blocks, 64))
+        return -1;
     (*blocks)[*n] = (struct etf_arena_block){
         .bytes = (bytes + align - 1) / align * align,
         .first = first,

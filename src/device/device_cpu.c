@@ -54,6 +54,7 @@
 #include "device/arena.h"
 #include "device/device.h"
 #include "model/plan.h"
+#include "util/array.h"
 #include "util/bigmem.h"
 
 #include <oneapi/dnnl/dnnl.h>
@@ -620,14 +621,8 @@ static int weight_of(struct build *b, int s, const dnnl_memory_desc_t *have,
             *w = (int)i;
             return 0;
         }
-    if (b->n_weights == b->cap_weights) {
-        size_t cap = b->cap_weights ? 2 * b->cap_weights : 64;
-        struct cpu_weight *nw = realloc(b->weights, cap * sizeof *nw);
-        if (!nw)
-            return kfail(b, ETF_ENOMEM, "out of memory");
-        b->weights = nw;
-        b->cap_weights = cap;
-    }
+    if (etf__reserve(&b->weights, b->n_weights, &b->cap_weights, sizeof *b->weights, 64))
+        return kfail(b, ETF_ENOMEM, "out of memory");
     b->weights[b->n_weights] = (struct cpu_weight){.value = s, .have = *have, .want = *want};
     *w = (int)b->n_weights++;
     return 0;

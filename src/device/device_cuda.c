@@ -64,6 +64,7 @@
 #include "device/device.h"
 #include "device/cuda_kernels.h"
 #include "model/plan.h"
+#include "util/array.h"
 
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
@@ -506,14 +507,8 @@ static int temp_block(struct build *b, size_t bytes, int *block)
 static int patch_add(struct build *b, bool is_const, void *slot, enum patch_target target,
                      int index)
 {
-    if (b->n_patches == b->cap_patches) {
-        size_t cap = b->cap_patches ? 2 * b->cap_patches : 256;
-        struct patch *np = realloc(b->patches, cap * sizeof *np);
-        if (!np)
-            return kfail(b, ETF_ENOMEM, "out of memory");
-        b->patches = np;
-        b->cap_patches = cap;
-    }
+    if (etf__reserve(&b->patches, b->n_patches, &b->cap_patches, sizeof *b->patches, 256))
+        return kfail(b, ETF_ENOMEM, "out of memory");
     b->patches[b->n_patches++] =
         (struct patch){.is_const = is_const, .slot = slot, .target = target, .index = index};
     return 0;
@@ -772,14 +767,8 @@ static int choose_algo(struct build *b, const struct conv_step *c, const int *ke
                  cudnnGetConvolutionForwardWorkspaceSize(b->cx.cudnn, c->x_desc, c->w_desc,
                                                          c->conv_desc, c->y_desc, *algo, ws));
     }
-    if (b->n_algos == b->cap_algos) {
-        size_t cap = b->cap_algos ? 2 * b->cap_algos : 32;
-        struct algo_choice *na = realloc(b->algos, cap * sizeof *na);
-        if (!na)
-            return kfail(b, ETF_ENOMEM, "out of memory");
-        b->algos = na;
-        b->cap_algos = cap;
-    }
+    if (etf__reserve(&b->algos, b->n_algos, &b->cap_algos, sizeof *b->algos, 32))
+        return kfail(b, ETF_ENOMEM, "out of memory");
     struct algo_choice *ac = &b->algos[b->n_algos++];
     memcpy(ac->key, key, sizeof ac->key);
     ac->algo = *algo;

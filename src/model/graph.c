@@ -12,6 +12,8 @@
  */
 #include "model/graph.h"
 
+#include "util/array.h"
+
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -146,14 +148,8 @@ int etf__graph_add_tensor(struct etf__graph *g, const char *name)
 {
     if (g->n_t >= INT_MAX / 4)
         return ETF_ELIMIT;
-    if (g->n_t == g->cap_t) {
-        size_t cap = g->cap_t ? 2 * g->cap_t : 64;
-        struct etf__tensor *t = realloc(g->t, cap * sizeof *t);
-        if (!t)
-            return ETF_ENOMEM;
-        g->t = t;
-        g->cap_t = cap;
-    }
+    if (etf__reserve(&g->t, g->n_t, &g->cap_t, sizeof *g->t, 64))
+        return ETF_ENOMEM;
     if ((g->n_t + 1) * 2 > g->ht_cap) {
         size_t cap = g->ht_cap ? 2 * g->ht_cap : 128;
         int *ht = malloc(cap * sizeof *ht);
@@ -174,14 +170,8 @@ int etf__graph_add_tensor(struct etf__graph *g, const char *name)
 
 const char *etf__graph_strf(struct etf__graph *g, const char *fmt, ...)
 {
-    if (g->n_strs == g->cap_strs) {
-        size_t cap = g->cap_strs ? 2 * g->cap_strs : 32;
-        char **s = realloc(g->strs, cap * sizeof *s);
-        if (!s)
-            return NULL;
-        g->strs = s;
-        g->cap_strs = cap;
-    }
+    if (etf__reserve(&g->strs, g->n_strs, &g->cap_strs, sizeof *g->strs, 32))
+        return NULL;
     va_list ap;
     va_start(ap, fmt);
     int need = vsnprintf(NULL, 0, fmt, ap);

@@ -10,6 +10,7 @@
 #define _XOPEN_SOURCE 700
 
 #include "model/graph.h"
+#include "util/array.h"
 #include "util/bigmem.h"
 
 #include <errno.h>
@@ -1016,14 +1017,8 @@ static int measure_graph(struct strip *s, const struct pb_field *g, size_t *len)
             total += (size_t)(f.end - f.start);
             continue;
         }
-        if (s->n_raw == s->cap_raw) {
-            size_t cap = s->cap_raw ? 2 * s->cap_raw : 64;
-            struct raw_slice *r = realloc(s->raw, cap * sizeof *r);
-            if (!r)
-                return ETF_ENOMEM;
-            s->raw = r;
-            s->cap_raw = cap;
-        }
+        if (etf__reserve(&s->raw, s->n_raw, &s->cap_raw, sizeof *s->raw, 64))
+            return ETF_ENOMEM;
         struct raw_slice *rs = &s->raw[s->n_raw++];
         if (!measure_tensor(s, &f, rs))
             return ETF_EFORMAT;

@@ -7,6 +7,7 @@
 #include "rpc/client.h"
 
 #include "rpc/grpc_common.h"
+#include "util/array.h"
 
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
@@ -157,15 +158,7 @@ static grpc_completion_queue *cq_borrow(struct etf_client *c)
 static void cq_return(struct etf_client *c, grpc_completion_queue *cq)
 {
     pthread_mutex_lock(&c->pool_lock);
-    if (c->pool_len == c->pool_cap) {
-        size_t cap = c->pool_cap ? 2 * c->pool_cap : 8;
-        grpc_completion_queue **p = realloc(c->pool, cap * sizeof *p);
-        if (p) {
-            c->pool = p;
-            c->pool_cap = cap;
-        }
-    }
-    if (c->pool_len < c->pool_cap) {
+    if (etf__reserve(&c->pool, c->pool_len, &c->pool_cap, sizeof *c->pool, 8) == 0) {
         c->pool[c->pool_len++] = cq;
         cq = NULL;
     }

@@ -31,6 +31,7 @@
 #include "sched/ledger.h"
 #include "sched/runqueue.h"
 #include "sched/share_tree.h"
+#include "util/array.h"
 #include "util/idmap.h"
 
 #include <errno.h>
@@ -179,7 +180,6 @@ struct etf_sched {
     struct etf_freq_worker worker;
     bool switch_in_flight;
     uint64_t posted_hz;
-    uint64_t post_after_fence_hz; /* set by the step before a settle; 0 = none */
     uint64_t cur_hz;
     etf_task_done_fn on_done;
     void *on_done_arg;
@@ -296,14 +296,8 @@ static size_t freq_slot(struct freq_table *t, uint64_t hz)
             free_row = i;
     }
     if (free_row == SIZE_MAX) {
-        if (t->n == t->cap) {
-            size_t cap = t->cap ? 2 * t->cap : 2;
-            struct freq_acct *v = realloc(t->v, cap * sizeof *v);
-            if (!v)
-                return SIZE_MAX;
-            t->v = v;
-            t->cap = cap;
-        }
+        if (etf__reserve(&t->v, t->n, &t->cap, sizeof *t->v, 2))
+            return SIZE_MAX;
         free_row = t->n++;
     }
     t->v[free_row] = (struct freq_acct){.hz = hz};
@@ -594,9 +588,12 @@ static struct pending_run *pending_at(struct etf_sched *s, size_t i)
 /* Completes the n oldest pending runs of e's turn (all when n exceeds their number):
  * fences an asynchronous device, charges each run at its measured time (adding it to
  * *used) and finishes the tasks whose last kernel ran. If the fence fails, every pending
- * run is lost and the tasks they belong to fail with its error. Called with the lock held;
- * drops it around the fence and the completion callbacks. */
-static int settle(struct etf_sched *s, struct entity *e, uint64_t *used, size_t n)
+ * run is lost and the tasks they belong to fail with its error. With the clock worker, a
+ * fence that drains the device starts the switch to then_hz (0 = none) before the runs are
+ * completed. Called with the lock held; drops it around the fence and the completion
+ * callbacks. */
+static int settle(struct etf_sched *s, struct entity *e, uint64_t *used, size_t n,
+                  uint64_t then_hz)
 {
     if (n > s->n_pending)
         n = s->n_pending;
@@ -609,14 +606,12 @@ static int settle(struct etf_sched *s, struct entity *e, uint64_t *used, size_t 
         lock(s);
         s->stats.fences++;
     }
-    uint64_t hz = s->post_after_fence_hz;
-    s->post_after_fence_hz = 0;
-    if (rc == 0 && hz && n == s->n_pending) {
+    if (rc == 0 && then_hz && s->worker_on && n == s->n_pending) {
         /* The device is idle at the old clock: the new one can be set while the runs are
          * completed and their tasks handed back. */
-        etf__freq_worker_post(&s->worker, hz);
+        etf__freq_worker_post(&s->worker, then_hz);
         s->switch_in_flight = true;
-        s->posted_hz = hz;
+        s->posted_hz = then_hz;
     }
     if (rc) {
         /* The lost runs' tasks are the first ones of e's queue, in order. */
@@ -732,15 +727,14 @@ int etf_sched_step(struct etf_sched *s, bool *ran)
         if (!t) {
             if (s->n_pending == 0)
                 break;
-            if ((rc = settle(s, e, &used, first_task_end(s))) != 0)
+            if ((rc = settle(s, e, &used, first_task_end(s), 0)) != 0)
                 break;
             continue;
         }
         struct model *m = t->model;
         bool switching = s->can_set_freq && s->cur_hz != m->freq_hz;
         if (switching && s->n_pending) {
-            s->post_after_fence_hz = s->worker_on ? m->freq_hz : 0;
-            if ((rc = settle(s, e, &used, SIZE_MAX)) != 0)
+            if ((rc = settle(s, e, &used, SIZE_MAX, m->freq_hz)) != 0)
                 break;
             continue;
         }
@@ -767,7 +761,7 @@ int etf_sched_step(struct etf_sched *s, bool *ran)
         if (switching)
             note_switch(s, m->freq_hz, switch_rc);
         if (krc == ETF_EBUSY && s->async && s->n_pending) {
-            if ((rc = settle(s, e, &used, first_task_end(s))) != 0)
+            if ((rc = settle(s, e, &used, first_task_end(s), 0)) != 0)
                 break;
             continue;
         }
@@ -776,7 +770,7 @@ int etf_sched_step(struct etf_sched *s, bool *ran)
              * cannot keep this loop spinning on a failing device. What ran before it is
              * completed first, so that the failing task is at the head. */
             rc = krc;
-            settle(s, e, &used, SIZE_MAX);
+            settle(s, e, &used, SIZE_MAX, 0);
             if (e->head == t)
                 finish_head(s, e, krc, now_ns(s));
             break;
@@ -785,12 +779,12 @@ int etf_sched_step(struct etf_sched *s, bool *ran)
         s->planned_ns += pr->estimate_ns;
         t->next_kernel++;
         if (!s->async || estimate < 0 || s->n_pending == MAX_PENDING_RUNS) {
-            if ((rc = settle(s, e, &used, SIZE_MAX)) != 0)
+            if ((rc = settle(s, e, &used, SIZE_MAX, 0)) != 0)
                 break;
         }
     }
     if (rc == 0)
-        rc = settle(s, e, &used, SIZE_MAX);
+        rc = settle(s, e, &used, SIZE_MAX, 0);
     if (s->switch_in_flight) {
         /* Posted for a kernel that did not come (its task failed or was the last): the
          * clock still changed. */

@@ -2,6 +2,8 @@
  * behind an injectable table. */
 #include "util/sysfs.h"
 
+#include "util/array.h"
+
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
@@ -450,15 +452,9 @@ static int list_one(void *arg, const char *name)
     if (!etf__sysfs_name_ok(name) || fnmatch(lc->pattern, name, FNM_PERIOD) != 0)
         return 0;
     struct etf_sysfs_names *o = lc->out;
-    if (o->n == lc->cap) {
-        size_t cap = lc->cap ? lc->cap * 2 : 16;
-        char **v = realloc(o->v, cap * sizeof *v);
-        if (!v) {
-            lc->nomem = true;
-            return 1;
-        }
-        o->v = v;
-        lc->cap = cap;
+    if (etf__reserve(&o->v, o->n, &lc->cap, sizeof *o->v, 16)) {
+        lc->nomem = true;
+        return 1;
     }
     o->v[o->n] = strdup(name);
     if (!o->v[o->n]) {
