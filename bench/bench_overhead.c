@@ -15,6 +15,7 @@
 #include "etf/model.h"
 #include "etf/sched.h"
 
+#include "cli.h"
 #include "device/device.h"
 
 #include <errno.h>
@@ -53,10 +54,11 @@ struct bench {
     uint64_t window_start_ns, window_end_ns;
 };
 
+#define PROG "bench-overhead"
+
 static int fail(const char *what, const struct etf_diag *diag)
 {
-    fprintf(stderr, "bench-overhead: %s: %s\n", what, diag->msg);
-    return 1;
+    return etf_cli_fail(PROG, 1, "%s: %s", what, diag->msg);
 }
 
 static int tensors_alloc(struct bench_model *bm)
@@ -263,21 +265,33 @@ int main(int argc, char **argv)
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
     const char *device = NULL;
-    int threads = 0;
+    long threads = 0;
     double seconds = 10;
     int c;
     while ((c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
         switch (c) {
-        case 'd': device = optarg; break;
-        case 't': threads = atoi(optarg); break;
-        case 's': seconds = atof(optarg); break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'd':
+            device = optarg;
+            break;
+        case 't':
+            if (!etf_cli_long(optarg, 1, 1024, &threads))
+                return etf_cli_fail(PROG, 2, "--threads: expected 1..1024, found '%s'", optarg);
+            break;
+        case 's':
+            if (!etf_cli_double(optarg, 0.1, 3600, &seconds))
+                return etf_cli_fail(PROG, 2, "--seconds: expected 0.1..3600, found '%s'", optarg);
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     static struct bench b;
     b.n_models = (size_t)(argc - optind);
-    if (!device || b.n_models == 0 || b.n_models > MAX_MODELS || !(seconds > 0 && seconds < 3600)) {
+    if (!device || b.n_models == 0 || b.n_models > MAX_MODELS) {
         usage(stderr);
         return 2;
     }
@@ -286,15 +300,20 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < b.n_models; i++) {
         struct bench_model *bm = &b.models[i];
         char *spec = argv[optind + (int)i], *colon = strrchr(spec, ':');
-        bm->batch = 1;
+        uint64_t batch = 1;
         if (colon) {
             *colon = '\0';
-            bm->batch = (size_t)strtoul(colon + 1, NULL, 10);
+            if (!etf_cli_u64(colon + 1, 1, 65536, &batch)) {
+                rc = etf_cli_fail(PROG, 2, "%s: batch: expected 1..65536, found '%s'", spec,
+                                  colon + 1);
+                goto out;
+            }
         }
+        bm->batch = (size_t)batch;
         bm->path = spec;
         struct etf_model_options opts = {.batch = bm->batch};
-        if (bm->batch == 0 || etf_model_open(spec, &opts, &bm->plan, &diag)) {
-            rc = bm->batch ? fail(spec, &diag) : 2;
+        if (etf_model_open(spec, &opts, &bm->plan, &diag)) {
+            rc = fail(spec, &diag);
             goto out;
         }
         if (tensors_alloc(bm)) {
@@ -302,7 +321,7 @@ int main(int argc, char **argv)
             goto out;
         }
     }
-    struct etf_device_config dcfg = {.threads = threads};
+    struct etf_device_config dcfg = {.threads = (int)threads};
     struct etf_device *dev;
     if (etf_device_open(device, &dcfg, &dev, &diag)) {
         rc = fail("device", &diag);

@@ -7,6 +7,8 @@
 #include "etf/profiler.h"
 #include "etf/sched.h"
 
+#include "cli.h"
+
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -48,28 +50,7 @@ static void usage(FILE *f)
         "starts over. Clocks are put back at exit.\n");
 }
 
-static int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("etf-profile: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return code;
-}
-
-static bool parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return false;
-    *out = v;
-    return true;
-}
+#define fail(...) etf_cli_fail("etf-profile", __VA_ARGS__)
 
 /* "all", or frequencies in Hz separated by commas. *hz is the caller's to free. */
 static int parse_freqs(const char *s, uint64_t **hz, size_t *n, bool *all)
@@ -164,22 +145,22 @@ static int parse_args(int argc, char **argv, struct options *o)
             o->out = optarg;
             break;
         case 't':
-            if (!parse_long(optarg, 1, 1024, &v))
+            if (!etf_cli_long(optarg, 1, 1024, &v))
                 return fail(EXIT_USAGE, "--threads: expected 1..1024, found '%s'", optarg);
             o->threads = (int)v;
             break;
         case 'b':
-            if (!parse_long(optarg, 1, 65536, &v))
+            if (!etf_cli_long(optarg, 1, 65536, &v))
                 return fail(EXIT_USAGE, "--batch: expected 1..65536, found '%s'", optarg);
             o->batch = (size_t)v;
             break;
         case 'm':
-            if (!parse_long(optarg, 1, 3600000, &v))
+            if (!etf_cli_long(optarg, 1, 3600000, &v))
                 return fail(EXIT_USAGE, "--min-time-ms: expected 1..3600000, found '%s'", optarg);
             o->min_time_ms = v;
             break;
         case 'w':
-            if (!parse_long(optarg, 0, 1000, &v))
+            if (!etf_cli_long(optarg, 0, 1000, &v))
                 return fail(EXIT_USAGE, "--warmup: expected 0..1000, found '%s'", optarg);
             o->warmup = v;
             break;

@@ -6,6 +6,8 @@
 #include "etf/profiler.h"
 #include "etf/sched.h"
 
+#include "cli.h"
+
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -33,28 +35,7 @@ static void usage(FILE *f)
                "of each kernel. FILEs are raw little-endian fp32 in C order.\n");
 }
 
-static int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("etf-run: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return code;
-}
-
-static bool parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return false;
-    *out = v;
-    return true;
-}
+#define fail(...) etf_cli_fail("etf-run", __VA_ARGS__)
 
 static int parse_args(int argc, char **argv, struct options *o)
 {
@@ -76,22 +57,22 @@ static int parse_args(int argc, char **argv, struct options *o)
         case 'o': o->output = optarg; break;
         case 'p': o->profile_out = optarg; break;
         case 't':
-            if (!parse_long(optarg, 1, 1024, &v))
+            if (!etf_cli_long(optarg, 1, 1024, &v))
                 return fail(EXIT_USAGE, "--threads: expected 1..1024, found '%s'", optarg);
             o->threads = (int)v;
             break;
         case 'b':
-            if (!parse_long(optarg, 1, 65536, &v))
+            if (!etf_cli_long(optarg, 1, 65536, &v))
                 return fail(EXIT_USAGE, "--batch: expected 1..65536, found '%s'", optarg);
             o->batch = (size_t)v;
             break;
         case 'n':
-            if (!parse_long(optarg, 1, 100000000, &v))
+            if (!etf_cli_long(optarg, 1, 100000000, &v))
                 return fail(EXIT_USAGE, "--iters: expected 1..100000000, found '%s'", optarg);
             o->iters = v;
             break;
         case 'w':
-            if (!parse_long(optarg, 0, 100000, &v))
+            if (!etf_cli_long(optarg, 0, 100000, &v))
                 return fail(EXIT_USAGE, "--warmup: expected 0..100000, found '%s'", optarg);
             o->warmup = v;
             break;

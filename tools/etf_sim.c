@@ -8,6 +8,8 @@
  */
 #include "etf/sim.h"
 
+#include "cli.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -36,17 +38,7 @@ static void usage(FILE *f)
             "  --help         show this help\n");
 }
 
-static int fail(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(int status, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "etf-sim: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
-    va_end(ap);
-    return status;
-}
+#define fail(...) etf_cli_fail("etf-sim", __VA_ARGS__)
 
 /* Opens an output file ("-" = standard output). */
 static FILE *open_out(const char *path)

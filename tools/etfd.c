@@ -16,6 +16,8 @@
 
 #include "etf/sched.h"
 
+#include "cli.h"
+
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -74,41 +76,7 @@ static void usage(FILE *f)
             "--allow-gpu-clock-changes; clocks are put back at exit.\n");
 }
 
-static int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("etfd: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return code;
-}
-
-static bool parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
-{
-    if (!s || *s < '0' || *s > '9')
-        return false;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end || v < lo || v > hi)
-        return false;
-    *out = v;
-    return true;
-}
-
-static bool parse_double(const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi))
-        return false;
-    *out = v;
-    return true;
-}
+#define fail(...) etf_cli_fail("etfd", __VA_ARGS__)
 
 static bool device_built(const char *name)
 {
@@ -129,7 +97,7 @@ static void device_list(char *buf, size_t size)
 
 static int parse_quantum(const char *s, struct options *o)
 {
-    if (!parse_u64(s, 1, MAX_QUANTUM_US, &o->quantum_us))
+    if (!etf_cli_u64(s, 1, MAX_QUANTUM_US, &o->quantum_us))
         return fail(EXIT_USAGE, "quantum: expected microseconds in 1..%llu, found '%s'",
                     (unsigned long long)MAX_QUANTUM_US, s);
     o->have_quantum = true;
@@ -138,7 +106,7 @@ static int parse_quantum(const char *s, struct options *o)
 
 static int parse_phi(const char *s, struct options *o)
 {
-    if (!parse_double(s, 0, 1, &o->phi))
+    if (!etf_cli_double(s, 0, 1, &o->phi))
         return fail(EXIT_USAGE, "phi: expected a number in [0, 1], found '%s'", s);
     o->have_phi = true;
     return 0;
@@ -219,23 +187,23 @@ static int parse_args(int argc, char **argv, struct options *o)
             o->freq_cfg.allow_clock_changes = true;
             break;
         case 't':
-            if (!parse_u64(optarg, 1, 1024, &v))
+            if (!etf_cli_u64(optarg, 1, 1024, &v))
                 return fail(EXIT_USAGE, "--threads: expected 1..1024, found '%s'", optarg);
             o->threads = (int)v;
             break;
         case 'M':
-            if (!parse_u64(optarg, 1024, INT_MAX, &v))
+            if (!etf_cli_u64(optarg, 1024, INT_MAX, &v))
                 return fail(EXIT_USAGE, "--max-message-bytes: expected 1024..%d, found '%s'",
                             INT_MAX, optarg);
             o->max_message = (size_t)v;
             break;
         case 'Q':
-            if (!parse_u64(optarg, 1, 100000000, &v))
+            if (!etf_cli_u64(optarg, 1, 100000000, &v))
                 return fail(EXIT_USAGE, "--max-queued: expected 1..100000000, found '%s'", optarg);
             o->max_queued = (size_t)v;
             break;
         case 'D':
-            if (!parse_double(optarg, 0, 86400, &o->drain_s))
+            if (!etf_cli_double(optarg, 0, 86400, &o->drain_s))
                 return fail(EXIT_USAGE, "--drain-s: expected seconds in [0, 86400], found '%s'",
                             optarg);
             break;
