@@ -19,13 +19,26 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from export_models import MODELS, calibrate_batchnorm  # noqa: E402
 
 
-def latency(name, batch, iters):
+def fp32_like_etf():
+    """TF32 off (ETF's default precision), cuDNN autotuning on."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+
+
+def cuda_model(name, batch):
+    """The model as scripts/export_models.py makes it (same seed, BatchNorm calibrated), on
+    the GPU in eval mode, and a random input of the given batch."""
     make, shape = MODELS[name]
     torch.manual_seed(0)
     model = make()
     calibrate_batchnorm(model, shape)
     model = model.eval().cuda()
-    x = torch.randn((batch,) + tuple(shape[1:]), device="cuda")
+    return model, torch.randn((batch,) + tuple(shape[1:]), device="cuda")
+
+
+def latency(name, batch, iters):
+    model, x = cuda_model(name, batch)
     times = []
     with torch.no_grad():
         for _ in range(5):
@@ -46,9 +59,7 @@ def main():
     if len(sys.argv) < 4:
         print(__doc__, file=sys.stderr)
         return 2
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cudnn.benchmark = True
+    fp32_like_etf()
     batch, iters = int(sys.argv[1]), int(sys.argv[2])
     for name in sys.argv[3:]:
         print(json.dumps(latency(name, batch, iters)), flush=True)

@@ -11,8 +11,8 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
-from export_models import MODELS, calibrate_batchnorm  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_gpu_latency import cuda_model, fp32_like_etf  # noqa: E402
 
 
 def main():
@@ -21,15 +21,8 @@ def main():
         return 2
     name, batch = sys.argv[1], int(sys.argv[2])
     top = int(sys.argv[3]) if len(sys.argv) > 3 else 25
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cudnn.benchmark = True
-    make, shape = MODELS[name]
-    torch.manual_seed(0)
-    model = make()
-    calibrate_batchnorm(model, shape)
-    model = model.eval().cuda()
-    x = torch.randn((batch,) + tuple(shape[1:]), device="cuda")
+    fp32_like_etf()
+    model, x = cuda_model(name, batch)
     with torch.no_grad():
         for _ in range(5):
             model(x)

@@ -397,35 +397,55 @@ static void advance_truth(struct fixture *fx, const uint64_t *eids, const double
     fake_nvml_set_energy_mj((unsigned long long)(*truth_nj / 1e6));
 }
 
-static void measured_power_replaces_modelled_power(void **state)
+/* Two closed-loop entities of equal priority, time-fair at Q = 100 ms (50 ms turns), whose
+ * models' profiles say profile_mw per kernel (0 = no power) while A truly draws 300 W and
+ * B 100 W; the fake NVML counter follows the truth, sampled after every turn. */
+struct two_truths {
+    struct fixture *fx;
+    uint64_t eids[2];
+    double true_mw[2];
+    uint64_t last_time[2];
+    double truth_nj;
+};
+
+static void two_truths_start(struct two_truths *tt, double profile_mw)
 {
     fake_nvml_reset();
     struct etf_diag diag = {{0}};
     int rc;
-    /* Time-fair, Q = 100 ms: two entities take 50 ms turns. Both profiles say 100 W, but A
-     * truly draws 300 W. */
-    struct fixture *fx = fx_measuring(1, 100 * MS, false, ETF_METER_SAMPLE_MANUAL, &diag, &rc);
+    *tt = (struct two_truths){.true_mw = {300000, 100000}};
+    tt->fx = fx_measuring(1, 100 * MS, false, ETF_METER_SAMPLE_MANUAL, &diag, &rc);
     if (rc)
         fail_msg("create: %s", diag.msg);
-    uint64_t eids[2] = {fx_entity(fx, 0), fx_entity(fx, 0)};
-    double true_mw[2] = {300000, 100000};
-    uint64_t mids[2];
     for (int i = 0; i < 2; i++) {
-        mids[i] = fx_model(fx, eids[i], prof_uniform("m", 4, GHZ, 50, 100000), GHZ);
+        tt->eids[i] = fx_entity(tt->fx, 0);
+        uint64_t mid = fx_model(tt->fx, tt->eids[i], prof_uniform("m", 4, GHZ, 50, profile_mw), GHZ);
         for (int k = 0; k < 4; k++)
-            fx_submit(fx, mids[i]);
+            fx_submit(tt->fx, mid);
     }
-    fx->resubmit = true;
-    fx->keep_records = false;
+    tt->fx->resubmit = true;
+    tt->fx->keep_records = false;
+    assert_int_equal(etf__sched_sample(tt->fx->s), 0);
+}
 
-    uint64_t last_time[2] = {0, 0};
-    double truth = 0;
-    assert_int_equal(etf__sched_sample(fx->s), 0);
-    while (fx->vc.now_ns < 3 * SEC) {
-        fx_step(fx);
-        advance_truth(fx, eids, true_mw, 2, last_time, &truth);
-        assert_int_equal(etf__sched_sample(fx->s), 0);
+static void two_truths_run_until(struct two_truths *tt, uint64_t until_ns)
+{
+    while (tt->fx->vc.now_ns < until_ns) {
+        fx_step(tt->fx);
+        advance_truth(tt->fx, tt->eids, tt->true_mw, 2, tt->last_time, &tt->truth_nj);
+        assert_int_equal(etf__sched_sample(tt->fx->s), 0);
     }
+}
+
+static void measured_power_replaces_modelled_power(void **state)
+{
+    /* Both profiles say 100 W. */
+    struct two_truths tt;
+    two_truths_start(&tt, 100000);
+    two_truths_run_until(&tt, 3 * SEC);
+    struct fixture *fx = tt.fx;
+    const uint64_t *eids = tt.eids;
+    double truth = tt.truth_nj;
     struct etf_entity_stats a = fx_estats(fx, eids[0]), b = fx_estats(fx, eids[1]);
     struct etf_sched_stats st = fx_sstats(fx);
     /* Every nanojoule measured went somewhere; tasks keep their modelled energy. */
@@ -462,36 +482,14 @@ static void measured_power_replaces_modelled_power(void **state)
  * kernels are charged at it, so tasks carry energy. */
 static void model_without_power_is_charged_at_measured_power(void **state)
 {
-    fake_nvml_reset();
-    struct etf_diag diag = {{0}};
-    int rc;
-    struct fixture *fx = fx_measuring(1, 100 * MS, false, ETF_METER_SAMPLE_MANUAL, &diag, &rc);
-    if (rc)
-        fail_msg("create: %s", diag.msg);
-    uint64_t eids[2] = {fx_entity(fx, 0), fx_entity(fx, 0)};
-    double true_mw[2] = {300000, 100000};
-    for (int i = 0; i < 2; i++) {
-        uint64_t mid = fx_model(fx, eids[i], prof_uniform("m", 4, GHZ, 50, 0), GHZ);
-        for (int k = 0; k < 4; k++)
-            fx_submit(fx, mid);
-    }
-    fx->resubmit = true;
-    fx->keep_records = false;
-    uint64_t last_time[2] = {0, 0};
-    double truth = 0;
-    struct etf_entity_stats half[2];
-    bool have_half = false;
-    assert_int_equal(etf__sched_sample(fx->s), 0);
-    while (fx->vc.now_ns < 4 * SEC) {
-        fx_step(fx);
-        advance_truth(fx, eids, true_mw, 2, last_time, &truth);
-        assert_int_equal(etf__sched_sample(fx->s), 0);
-        if (fx->vc.now_ns >= 2 * SEC && !have_half) {
-            have_half = true;
-            for (int i = 0; i < 2; i++)
-                half[i] = fx_estats(fx, eids[i]);
-        }
-    }
+    struct two_truths tt;
+    two_truths_start(&tt, 0);
+    two_truths_run_until(&tt, 2 * SEC);
+    struct fixture *fx = tt.fx;
+    const uint64_t *eids = tt.eids;
+    const double *true_mw = tt.true_mw;
+    struct etf_entity_stats half[2] = {fx_estats(fx, eids[0]), fx_estats(fx, eids[1])};
+    two_truths_run_until(&tt, 4 * SEC);
     for (int i = 0; i < 2; i++) {
         struct etf_entity_stats now = fx_estats(fx, eids[i]);
         double mw = (double)(now.energy_nj - half[i].energy_nj) /
