@@ -230,14 +230,7 @@ bool etf__shape_elems_checked(const struct etf_shape *s, size_t limit, size_t *o
 int etf__onnx_load(struct etf__arena *a, uint8_t *bytes, size_t len, const char *origin,
                    const char *base_dir, const struct etf_model_options *opts,
                    struct etf__graph **out, struct etf_diag *diag);
-/* A whole file's bytes (at most max bytes), read: malloc'd (etf__file_read, freed with
- * etf__file_release), or into arena a (etf__file_read_arena: *bytes, *len). */
-struct etf__file_buf {
-    void *bytes;
-    size_t len;
-};
-int etf__file_read(const char *path, size_t max, struct etf__file_buf *out, struct etf_diag *diag);
-void etf__file_release(struct etf__file_buf *f);
+/* A whole file's bytes (at most max bytes), read into arena a (see util/file.h). */
 int etf__file_read_arena(const char *path, size_t max, struct etf__arena *a, void **bytes,
                          size_t *len, struct etf_diag *diag);
 /* Turns a TensorProto into constant tensor t (raw bytes are used in place where they are

@@ -10,7 +10,6 @@
 #include "device/device.h"
 #include "freq/freq.h"
 #include "meter/meter.h"
-#include "model/graph.h" /* etf__file_read */
 #include "util/file.h"
 
 #include <cjson/cJSON.h>

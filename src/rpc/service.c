@@ -37,6 +37,7 @@
 #include "etf/model.h"
 #include "etf/profile.h"
 #include "etf/sched.h"
+#include "util/file.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -666,25 +667,6 @@ static bool cache_valid(const struct etf_service *svc, const struct plan_entry *
     return strcmp(have, want) == 0;
 }
 
-/* Writes a small file atomically without following a link planted at its name: a fresh
- * temporary file beside it, renamed over it. */
-static int write_atomic(const char *path, const char *text)
-{
-    char tmp[PATH_MAX + 16];
-    snprintf(tmp, sizeof tmp, "%s.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0)
-        return ETF_EIO;
-    size_t len = strlen(text);
-    bool ok = write(fd, text, len) == (ssize_t)len;
-    ok = close(fd) == 0 && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        unlink(tmp);
-        return ETF_EIO;
-    }
-    return 0;
-}
-
 /* Keeps a measured profile in the repository for the next load (best effort: a read-only
  * repository only costs a new measurement). */
 static void cache_store(struct etf_service *svc, const struct plan_entry *pe,
@@ -708,8 +690,11 @@ static void cache_store(struct etf_service *svc, const struct plan_entry *pe,
         fprintf(stderr, "etfd: cannot cache the measured profile: %s\n", diag.msg);
         return;
     }
-    if (write_atomic(key_path, key) != 0) {
-        fprintf(stderr, "etfd: cannot write %s: %s\n", repo_rel(svc, key_path), strerror(errno));
+    const char *step = NULL;
+    int err = etf__file_replace(key_path, key, strlen(key), &step);
+    if (err) {
+        fprintf(stderr, "etfd: cannot write %s: cannot %s: %s\n", repo_rel(svc, key_path), step,
+                strerror(-err));
         unlink(path);
         return;
     }

@@ -1,11 +1,15 @@
-/* Crash-safe file replacement (see file.h). */
+/* Reading whole files, and crash-safe file replacement (see file.h). */
 #include "util/file.h"
+
+#include "etf/etf.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int etf__file_sync_dir(const char *path)
@@ -78,4 +82,68 @@ remove_tmp:
         close(fd);
     unlink(tmp);
     return -e;
+}
+
+int etf__file_read_with(const char *path, size_t max, void *(*alloc)(void *ctx, size_t size),
+                      void *ctx, void **bytes, size_t *len, struct etf_diag *diag)
+{
+    *bytes = NULL;
+    *len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return etf_diagf(diag, errno == ENOENT ? ETF_ENOENT : ETF_EIO, "%s: %s", path,
+                         strerror(errno));
+    int rc = 0;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        rc = etf_diagf(diag, ETF_EIO, "%s: not a regular file", path);
+        goto close_fd;
+    }
+    if ((uint64_t)st.st_size > max) {
+        rc = etf_diagf(diag, ETF_ELIMIT, "%s: the file is %lld bytes, over the limit of %zu", path,
+                       (long long)st.st_size, max);
+        goto close_fd;
+    }
+    size_t size = (size_t)st.st_size;
+    char *buf = *bytes = alloc(ctx, size);
+    if (!buf) {
+        rc = etf_diagf(diag, ETF_ENOMEM, "%s: out of memory for %zu bytes", path, size);
+        goto close_fd;
+    }
+    size_t done = 0;
+    while (done < size) {
+        ssize_t r = read(fd, buf + done, size - done);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            rc = etf_diagf(diag, ETF_EIO, "%s: read failed%s%s", path,
+                           r < 0 ? ": " : " (the file shrank)", r < 0 ? strerror(errno) : "");
+            goto close_fd;
+        }
+        done += (size_t)r;
+    }
+    *len = size;
+close_fd:
+    close(fd);
+    return rc;
+}
+
+static void *alloc_malloc(void *ctx, size_t size)
+{
+    (void)ctx;
+    return malloc(size ? size : 1);
+}
+
+int etf__file_read(const char *path, size_t max, struct etf__file_buf *out, struct etf_diag *diag)
+{
+    int rc = etf__file_read_with(path, max, alloc_malloc, NULL, &out->bytes, &out->len, diag);
+    if (rc)
+        etf__file_release(out);
+    return rc;
+}
+
+void etf__file_release(struct etf__file_buf *f)
+{
+    free(f->bytes);
+    memset(f, 0, sizeof *f);
 }
