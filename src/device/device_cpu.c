@@ -170,27 +170,6 @@ struct build {
 
 /* ---- Errors ---- */
 
-static const char *op_name(enum etf_kernel_op op)
-{
-    static const char *const names[] = {
-        [ETF_K_CONV] = "conv",
-        [ETF_K_MATMUL] = "matmul",
-        [ETF_K_POOL] = "pool",
-        [ETF_K_BATCHNORM] = "batchnorm",
-        [ETF_K_LAYERNORM] = "layernorm",
-        [ETF_K_ELTWISE] = "eltwise",
-        [ETF_K_BINARY] = "binary",
-        [ETF_K_CONCAT] = "concat",
-        [ETF_K_SOFTMAX] = "softmax",
-        [ETF_K_TRANSPOSE] = "transpose",
-        [ETF_K_REDUCE_MEAN] = "reduce_mean",
-        [ETF_K_PAD] = "pad",
-    };
-    if ((unsigned)op < sizeof names / sizeof names[0] && names[op])
-        return names[op];
-    return "?";
-}
-
 /* Fails the kernel being built with err, naming it. */
 __attribute__((format(printf, 3, 4))) static int kfail(struct build *b, int err, const char *fmt,
                                                        ...)
@@ -204,7 +183,7 @@ __attribute__((format(printf, 3, 4))) static int kfail(struct build *b, int err,
         return etf_diagf(b->diag, err, "device cpu: plan '%.64s': %s",
                          b->plan->name ? b->plan->name : "?", what);
     return etf_diagf(b->diag, err, "device cpu: kernel '%.64s' (%s): %s", b->kn->name,
-                     op_name(b->kn->op), what);
+                     etf__plan_op_name(b->kn->op), what);
 }
 
 /* oneDNN refusing a combination is a capability this backend lacks; anything else is the
@@ -259,15 +238,7 @@ static void threads_leave(const struct cpu_device *d, int prev)
         d->omp_set_num_threads(prev);
 }
 
-/* ---- Plan helpers (local, so that this backend depends on plan.h's types only) ---- */
-
-static size_t shape_elems(const struct etf_shape *s)
-{
-    size_t n = 1;
-    for (int i = 0; i < s->ndim; i++)
-        n *= (size_t)s->d[i];
-    return n;
-}
+/* ---- Plan helpers ---- */
 
 static size_t dims_elems(int nd, const dnnl_dim_t *dims)
 {
@@ -277,11 +248,6 @@ static size_t dims_elems(int nd, const dnnl_dim_t *dims)
     return n;
 }
 
-static int storage_of(const struct etf_plan *plan, int v)
-{
-    return etf__plan_storage(plan, v);
-}
-
 static const struct etf_value *val(const struct build *b, int v)
 {
     return &b->plan->values[v];
@@ -289,23 +255,12 @@ static const struct etf_value *val(const struct build *b, int v)
 
 static int storage(const struct build *b, int v)
 {
-    return storage_of(b->plan, v);
+    return etf__plan_storage(b->plan, v);
 }
 
 static bool is_const(const struct build *b, int v)
 {
     return val(b, storage(b, v))->kind == ETF_VALUE_CONSTANT;
-}
-
-static void kernel_inputs(const struct etf_kernel *kn, const int **ids, int *n)
-{
-    if (kn->n_extra_inputs > 0) {
-        *ids = kn->extra_inputs;
-        *n = kn->n_extra_inputs;
-    } else {
-        *ids = kn->inputs;
-        *n = kn->n_inputs;
-    }
 }
 
 /* ---- Memory descriptors ---- */
@@ -382,9 +337,9 @@ static bool reads_plain(const struct build *b, int v)
 static int value_md(struct build *b, int v, int nd, const dnnl_dim_t *dims, dnnl_memory_desc_t *md)
 {
     int s = storage(b, v);
-    if (dims_elems(nd, dims) != shape_elems(&val(b, v)->shape))
+    if (dims_elems(nd, dims) != etf__shape_elems(&val(b, v)->shape))
         return kfail(b, ETF_EINVAL, "value '%.64s' has %zu elements, %zu expected",
-                     val(b, v)->name ? val(b, v)->name : "?", shape_elems(&val(b, v)->shape),
+                     val(b, v)->name ? val(b, v)->name : "?", etf__shape_elems(&val(b, v)->shape),
                      dims_elems(nd, dims));
     if (reads_plain(b, v)) {
         md_plain(md, nd, dims);
@@ -726,7 +681,7 @@ static int post_md(struct build *b, const struct etf_post_op *po, int nd, const 
     dnnl_dims_t vd;
     /* A full-size operand is viewed with the destination's dims, which may be a reshape of
      * the output's shape (a matmul folding batch dims into rows). */
-    if (shape_elems(&val(b, po->value)->shape) == dims_elems(nd, dims))
+    if (etf__shape_elems(&val(b, po->value)->shape) == dims_elems(nd, dims))
         memcpy(vd, dims, (size_t)nd * sizeof *dims);
     else
         TRY(bcast_dims(b, &val(b, po->value)->shape, nd, vd));
@@ -885,7 +840,7 @@ static int set_out(struct build *b, int v, const dnnl_memory_desc_t *md, int n_f
         dnnl_dims_t dims;
         shape_dims(&val(b, s)->shape, dims);
         md_plain(&cv->md, val(b, s)->shape.ndim, dims);
-        if (bytes != shape_elems(&val(b, s)->shape) * sizeof(float))
+        if (bytes != etf__shape_elems(&val(b, s)->shape) * sizeof(float))
             return kfail(b, ETF_EINVAL, "output '%.64s' does not hold the result",
                          val(b, v)->name ? val(b, v)->name : "?");
     }
@@ -911,7 +866,7 @@ static int set_out(struct build *b, int v, const dnnl_memory_desc_t *md, int n_f
          * overwritten. */
         const int *ins;
         int n_in;
-        kernel_inputs(b->kn, &ins, &n_in);
+        etf__kernel_inputs(b->kn, &ins, &n_in);
         bool shared = false;
         for (int j = 0; j < n_in; j++)
             shared |= storage(b, ins[j]) == r;
@@ -1059,7 +1014,7 @@ static int build_conv(struct build *b)
     int64_t g = kn->attr.conv.groups > 0 ? kn->attr.conv.groups : 1;
     int64_t O = ws->d[0], C = xs->d[1];
     if (ws->d[1] * g != C || O % g != 0 || ys->d[1] != O || ys->d[0] != xs->d[0] ||
-        (bias >= 0 && shape_elems(&val(b, bias)->shape) != (size_t)O))
+        (bias >= 0 && etf__shape_elems(&val(b, bias)->shape) != (size_t)O))
         return kfail(b, ETF_EINVAL, "shapes of x, w, b and y disagree (groups %lld)", (long long)g);
     for (int i = 0; i < 2; i++)
         if (kn->attr.conv.stride[i] < 1 || kn->attr.conv.dilation[i] < 1)
@@ -1148,14 +1103,14 @@ static int build_matmul(struct build *b)
     }
     yd[nd - 2] = ad[nd - 2];
     yd[nd - 1] = wd[nd - 1];
-    if (dims_elems(nd, yd) != shape_elems(&val(b, kn->output)->shape))
+    if (dims_elems(nd, yd) != etf__shape_elems(&val(b, kn->output)->shape))
         return kfail(b, ETF_EINVAL, "the output's shape does not follow from the inputs'");
     for (int i = 0; i < nd - 1; i++)
         bd[i] = 1;
     bd[nd - 1] = yd[nd - 1];
-    if (bias >= 0 && shape_elems(&val(b, bias)->shape) != (size_t)yd[nd - 1])
+    if (bias >= 0 && etf__shape_elems(&val(b, bias)->shape) != (size_t)yd[nd - 1])
         return kfail(b, ETF_EINVAL, "the bias has %zu elements, %lld expected",
-                     shape_elems(&val(b, bias)->shape), (long long)yd[nd - 1]);
+                     etf__shape_elems(&val(b, bias)->shape), (long long)yd[nd - 1]);
 
     /* Weights shared by every batch (their batch dims all 1) make the batch part of the
      * rows: a plain [..., M, K] is a [B*M, K] matrix, and oneDNN then packs the weights
@@ -1174,7 +1129,7 @@ static int build_matmul(struct build *b)
         for (int j = 0; j + 1 < ps->ndim; j++)
             rows_broadcast &= ps->d[j] == 1;
         fold &=
-            reads_plain(b, p->value) && (rows_broadcast || shape_elems(ps) == dims_elems(nd, yd));
+            reads_plain(b, p->value) && (rows_broadcast || etf__shape_elems(ps) == dims_elems(nd, yd));
     }
     if (fold) {
         dnnl_dim_t rows = (dnnl_dim_t)(dims_elems(nd, ad) / (size_t)ad[nd - 1]);
@@ -1466,7 +1421,7 @@ static int build_concat(struct build *b)
     const struct etf_kernel *kn = b->kn;
     const int *ins;
     int n;
-    kernel_inputs(kn, &ins, &n);
+    etf__kernel_inputs(kn, &ins, &n);
     int nd, axis = kn->attr.axis.axis;
     dnnl_dims_t yd;
     TRY(out_dims(b, &nd, yd));
@@ -1601,7 +1556,7 @@ static int build_reduce_mean(struct build *b)
     shape_dims(xs, xd);
     for (int i = 0; i < nd; i++)
         rd[i] = (mask >> i) & 1u ? 1 : xd[i];
-    if (dims_elems(nd, rd) != shape_elems(&val(b, kn->output)->shape))
+    if (dims_elems(nd, rd) != etf__shape_elems(&val(b, kn->output)->shape))
         return kfail(b, ETF_EINVAL, "the output's shape does not follow from the inputs'");
     const struct etf_shape *ys0 = &val(b, kn->output)->shape;
     if (nd == 4 && mask == 0xcu && ys0->ndim == 4) {
@@ -1717,24 +1672,24 @@ static void analyse(struct build *b)
         if (x->kind != ETF_VALUE_ACTIVATION || x->shape.ndim != 4)
             cv->fixed = true;
         if (x->alias_of >= 0)
-            b->vals[storage_of(p, (int)v)].fixed = true;
+            b->vals[etf__plan_storage(p, (int)v)].fixed = true;
     }
     for (size_t k = 0; k < p->n_kernels; k++) {
         const struct etf_kernel *kn = &p->kernels[k];
         const int *ins;
         int n;
-        kernel_inputs(kn, &ins, &n);
+        etf__kernel_inputs(kn, &ins, &n);
         for (int i = 0; i < n + kn->n_post + 1; i++) {
             int v = i < n ? ins[i] : i < n + kn->n_post ? kn->post[i - n].value : kn->output;
             if (i >= n && i < n + kn->n_post && kn->post[i - n].kind == ETF_POST_ELTWISE)
                 continue;
-            struct cpu_val *cv = &b->vals[storage_of(p, v)];
+            struct cpu_val *cv = &b->vals[etf__plan_storage(p, v)];
             if (k > cv->last)
                 cv->last = k;
         }
     }
     for (size_t i = 0; i < p->n_outputs; i++) {
-        struct cpu_val *cv = &b->vals[storage_of(p, p->outputs[i])];
+        struct cpu_val *cv = &b->vals[etf__plan_storage(p, p->outputs[i])];
         cv->fixed = true;
         cv->last = p->n_kernels; /* outputs outlive the run */
     }
@@ -1795,7 +1750,7 @@ static int weight_fill(struct build *b, const struct cpu_weight *w)
     void *dst = b->dm->weights + w->offset;
     size_t bytes = dnnl_memory_desc_get_size(&w->want);
     if (dnnl_memory_desc_equal(&w->have, &w->want) == 1 &&
-        bytes == shape_elems(&x->shape) * sizeof(float)) {
+        bytes == etf__shape_elems(&x->shape) * sizeof(float)) {
         memcpy(dst, x->data, bytes);
         return 0;
     }
@@ -1914,17 +1869,17 @@ static int finalize(struct build *b)
     for (size_t i = 0; i < p->n_inputs; i++) {
         int s = p->inputs[i];
         dm->in[i].ptr = (float *)(dm->arena + b->blocks[b->vals[s].block].offset);
-        dm->in[i].bytes = shape_elems(&p->values[s].shape) * sizeof(float);
+        dm->in[i].bytes = etf__shape_elems(&p->values[s].shape) * sizeof(float);
     }
     for (size_t i = 0; i < p->n_outputs; i++) {
-        int v = p->outputs[i], s = storage_of(p, v);
+        int v = p->outputs[i], s = etf__plan_storage(p, v);
         if (p->values[s].kind == ETF_VALUE_CONSTANT)
             dm->out[i].ptr = (float *)p->values[s].data;
         else if (b->vals[s].block >= 0)
             dm->out[i].ptr = (float *)(dm->arena + b->blocks[b->vals[s].block].offset);
         else
             return kfail(b, ETF_EINVAL, "model output %zu is never written", i);
-        dm->out[i].bytes = shape_elems(&p->values[v].shape) * sizeof(float);
+        dm->out[i].bytes = etf__shape_elems(&p->values[v].shape) * sizeof(float);
     }
     return 0;
 }

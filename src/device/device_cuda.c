@@ -389,27 +389,6 @@ struct build {
     struct cuda_kernel *ck;
 };
 
-static const char *op_name(enum etf_kernel_op op)
-{
-    static const char *const names[] = {
-        [ETF_K_CONV] = "conv",
-        [ETF_K_MATMUL] = "matmul",
-        [ETF_K_POOL] = "pool",
-        [ETF_K_BATCHNORM] = "batchnorm",
-        [ETF_K_LAYERNORM] = "layernorm",
-        [ETF_K_ELTWISE] = "eltwise",
-        [ETF_K_BINARY] = "binary",
-        [ETF_K_CONCAT] = "concat",
-        [ETF_K_SOFTMAX] = "softmax",
-        [ETF_K_TRANSPOSE] = "transpose",
-        [ETF_K_REDUCE_MEAN] = "reduce_mean",
-        [ETF_K_PAD] = "pad",
-    };
-    if ((unsigned)op < sizeof names / sizeof names[0] && names[op])
-        return names[op];
-    return "?";
-}
-
 /* Fails the kernel being built with err, naming it. */
 __attribute__((format(printf, 3, 4))) static int kfail(struct build *b, int err, const char *fmt,
                                                        ...)
@@ -423,18 +402,10 @@ __attribute__((format(printf, 3, 4))) static int kfail(struct build *b, int err,
         return etf_diagf(b->diag, err, "device cuda: plan '%.64s': %s",
                          b->plan->name ? b->plan->name : "?", what);
     return etf_diagf(b->diag, err, "device cuda: kernel '%.64s' (%s): %s", b->kn->name,
-                     op_name(b->kn->op), what);
+                     etf__plan_op_name(b->kn->op), what);
 }
 
 /* ---- Plan helpers ---- */
-
-static size_t shape_elems(const struct etf_shape *s)
-{
-    size_t n = 1;
-    for (int i = 0; i < s->ndim; i++)
-        n *= (size_t)s->d[i];
-    return n;
-}
 
 static int64_t dims_prod(const int64_t *d, int from, int to)
 {
@@ -444,11 +415,6 @@ static int64_t dims_prod(const int64_t *d, int from, int to)
     return n;
 }
 
-static int storage_of(const struct etf_plan *plan, int v)
-{
-    return etf__plan_storage(plan, v);
-}
-
 static const struct etf_value *val(const struct build *b, int v)
 {
     return &b->plan->values[v];
@@ -456,7 +422,7 @@ static const struct etf_value *val(const struct build *b, int v)
 
 static int storage(const struct build *b, int v)
 {
-    return storage_of(b->plan, v);
+    return etf__plan_storage(b->plan, v);
 }
 
 static const char *vname(const struct build *b, int v)
@@ -466,18 +432,7 @@ static const char *vname(const struct build *b, int v)
 
 static size_t elems(const struct build *b, int v)
 {
-    return shape_elems(&val(b, v)->shape);
-}
-
-static void kernel_inputs(const struct etf_kernel *kn, const int **ids, int *n)
-{
-    if (kn->n_extra_inputs > 0) {
-        *ids = kn->extra_inputs;
-        *n = kn->n_extra_inputs;
-    } else {
-        *ids = kn->inputs;
-        *n = kn->n_inputs;
-    }
+    return etf__shape_elems(&val(b, v)->shape);
 }
 
 static bool env_flag(const char *name, bool dflt)
@@ -522,7 +477,7 @@ static int bind_in(struct build *b, const float **slot, int v)
     if (val(b, s)->kind == ETF_VALUE_CONSTANT) {
         if (cv->const_off == SIZE_MAX) {
             cv->const_off = b->const_bytes;
-            b->const_bytes += (shape_elems(&val(b, s)->shape) * sizeof(float) + CUDA_ALIGN - 1) /
+            b->const_bytes += (etf__shape_elems(&val(b, s)->shape) * sizeof(float) + CUDA_ALIGN - 1) /
                               CUDA_ALIGN * CUDA_ALIGN;
         }
         return patch_add(b, true, (void *)slot, PATCH_CONST, s);
@@ -552,7 +507,7 @@ static int bind_out(struct build *b, float **slot, int *block)
         return kfail(b, ETF_EINVAL, "output '%.64s' is not an activation", vname(b, v));
     if (cv->block >= 0)
         return kfail(b, ETF_EINVAL, "value '%.64s' is written twice", vname(b, v));
-    cv->block = block_new(b, shape_elems(&val(b, s)->shape) * sizeof(float), b->k, cv->last);
+    cv->block = block_new(b, etf__shape_elems(&val(b, s)->shape) * sizeof(float), b->k, cv->last);
     if (cv->block < 0)
         return kfail(b, ETF_ENOMEM, "out of memory");
     if (block)
@@ -1365,7 +1320,7 @@ static int build_concat(struct build *b)
     const struct etf_kernel *kn = b->kn;
     const int *ins;
     int n;
-    kernel_inputs(kn, &ins, &n);
+    etf__kernel_inputs(kn, &ins, &n);
     int nd, axis = kn->attr.axis.axis;
     int64_t yd[ETF_MAX_DIMS];
     out_shape(b, &nd, yd);
@@ -1622,18 +1577,18 @@ static void analyse(struct build *b)
         const struct etf_kernel *kn = &p->kernels[k];
         const int *ins;
         int n;
-        kernel_inputs(kn, &ins, &n);
+        etf__kernel_inputs(kn, &ins, &n);
         for (int i = 0; i < n + kn->n_post + 1; i++) {
             int v = i < n ? ins[i] : i < n + kn->n_post ? kn->post[i - n].value : kn->output;
             if (i >= n && i < n + kn->n_post && kn->post[i - n].kind == ETF_POST_ELTWISE)
                 continue;
-            struct cuda_val *cv = &b->vals[storage_of(p, v)];
+            struct cuda_val *cv = &b->vals[etf__plan_storage(p, v)];
             if (k > cv->last)
                 cv->last = k;
         }
     }
     for (size_t i = 0; i < p->n_outputs; i++)
-        b->vals[storage_of(p, p->outputs[i])].last = p->n_kernels;
+        b->vals[etf__plan_storage(p, p->outputs[i])].last = p->n_kernels;
 }
 
 static int build_kernel(struct build *b)
@@ -1697,7 +1652,7 @@ static int finalize(struct build *b)
         if (b->vals[v].const_off != SIZE_MAX)
             CK_CUDA(e,
                     cudaMemcpyAsync((char *)dm->weights + b->vals[v].const_off, p->values[v].data,
-                                    shape_elems(&p->values[v].shape) * sizeof(float),
+                                    etf__shape_elems(&p->values[v].shape) * sizeof(float),
                                     cudaMemcpyHostToDevice, s));
     if (dm->ws_bytes)
         CK_CUDA(e, cudaMalloc(&dm->workspace, dm->ws_bytes));
@@ -1756,14 +1711,14 @@ static int finalize(struct build *b)
         return kfail(b, ETF_ENOMEM, "out of memory");
     for (size_t i = 0; i < p->n_inputs; i++) {
         int v = p->inputs[i];
-        dm->in[i].bytes = shape_elems(&p->values[v].shape) * sizeof(float);
+        dm->in[i].bytes = etf__shape_elems(&p->values[v].shape) * sizeof(float);
         dm->in[i].dev = (float *)((char *)dm->arena + b->blocks[b->vals[v].block].offset);
         for (int slot = 0; slot < STAGING_SLOTS; slot++)
             CK_CUDA(e, cudaMallocHost((void **)&dm->in[i].host[slot], dm->in[i].bytes));
     }
     for (size_t i = 0; i < p->n_outputs; i++) {
-        int v = p->outputs[i], sv = storage_of(p, v);
-        dm->out[i].bytes = shape_elems(&p->values[v].shape) * sizeof(float);
+        int v = p->outputs[i], sv = etf__plan_storage(p, v);
+        dm->out[i].bytes = etf__shape_elems(&p->values[v].shape) * sizeof(float);
         if (p->values[sv].kind == ETF_VALUE_CONSTANT) {
             dm->out[i].constant = p->values[sv].data;
             continue;
@@ -1987,7 +1942,7 @@ static int device_cuda_load(struct etf_device *dev, const struct etf_model_desc 
         struct cuda_val *cv = &b.vals[s];
         if (cv->block < 0)
             cv->block =
-                block_new(&b, shape_elems(&plan->values[s].shape) * sizeof(float), 0, cv->last);
+                block_new(&b, etf__shape_elems(&plan->values[s].shape) * sizeof(float), 0, cv->last);
         if (cv->block < 0)
             rc = kfail(&b, ETF_ENOMEM, "out of memory");
     }

@@ -20,6 +20,38 @@ size_t etf__shape_elems(const struct etf_shape *s)
     return n;
 }
 
+const char *etf__plan_op_name(enum etf_kernel_op op)
+{
+    static const char *const names[] = {
+        [ETF_K_CONV] = "conv",
+        [ETF_K_MATMUL] = "matmul",
+        [ETF_K_POOL] = "pool",
+        [ETF_K_BATCHNORM] = "batchnorm",
+        [ETF_K_LAYERNORM] = "layernorm",
+        [ETF_K_ELTWISE] = "eltwise",
+        [ETF_K_BINARY] = "binary",
+        [ETF_K_CONCAT] = "concat",
+        [ETF_K_SOFTMAX] = "softmax",
+        [ETF_K_TRANSPOSE] = "transpose",
+        [ETF_K_REDUCE_MEAN] = "reduce_mean",
+        [ETF_K_PAD] = "pad",
+    };
+    if ((unsigned)op < sizeof names / sizeof names[0] && names[op])
+        return names[op];
+    return "?";
+}
+
+void etf__kernel_inputs(const struct etf_kernel *kn, const int **ids, int *n)
+{
+    if (kn->n_extra_inputs > 0) {
+        *ids = kn->extra_inputs;
+        *n = kn->n_extra_inputs;
+    } else {
+        *ids = kn->inputs;
+        *n = kn->n_inputs;
+    }
+}
+
 int etf__plan_storage(const struct etf_plan *plan, int v)
 {
     for (size_t hops = 0; v >= 0 && hops <= plan->n_values; hops++) {
@@ -87,8 +119,9 @@ int etf__plan_check(const struct etf_plan *p, const char *who, struct etf_diag *
             return etf_diagf(diag, ETF_EINVAL,
                              "%s: kernel '%.64s': bad input, output or post-op counts", who,
                              kn->name);
-        const int *ins = kn->n_extra_inputs > 0 ? kn->extra_inputs : kn->inputs;
-        int n = kn->n_extra_inputs > 0 ? kn->n_extra_inputs : kn->n_inputs;
+        const int *ins;
+        int n;
+        etf__kernel_inputs(kn, &ins, &n);
         for (int i = 0; i < n; i++) {
             if (BAD_ID(p, ins[i]))
                 return etf_diagf(diag, ETF_EINVAL, "%s: kernel '%.64s': input %d: bad value id %d",
@@ -214,8 +247,9 @@ static void mark_roles(struct etf_plan *p)
 {
     for (size_t k = 0; k < p->n_kernels; k++) {
         const struct etf_kernel *kn = &p->kernels[k];
-        const int *ins = kn->n_extra_inputs > 0 ? kn->extra_inputs : kn->inputs;
-        int n = kn->n_extra_inputs > 0 ? kn->n_extra_inputs : kn->n_inputs;
+        const int *ins;
+        int n;
+        etf__kernel_inputs(kn, &ins, &n);
         for (int i = 0; i < n; i++)
             mark_needed(p, ins[i]);
         for (int i = 0; i < kn->n_post; i++)

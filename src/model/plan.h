@@ -168,6 +168,12 @@ struct etf_plan {
 /* Elements of a shape (product of dims; 1 for a scalar). */
 size_t etf__shape_elems(const struct etf_shape *s);
 
+/* A kernel operation's name for messages ("conv", ...; "?" for an unknown one). */
+const char *etf__plan_op_name(enum etf_kernel_op op);
+
+/* Every input of kernel kn: its extra_inputs when it has them, else its inputs. */
+void etf__kernel_inputs(const struct etf_kernel *kn, const int **ids, int *n);
+
 /* The value that owns the storage of v (follows alias_of); -1 when the aliases loop. */
 int etf__plan_storage(const struct etf_plan *plan, int v);
 
