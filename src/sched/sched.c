@@ -720,8 +720,12 @@ int etf_sched_step(struct etf_sched *s, bool *ran)
      * every queued kernel is submitted, up to the end of the oldest task, so that its
      * completion (and the client's next request) is handled while the GPU runs the rest. */
     uint64_t used = 0;
+    /* The task whose kernels are being submitted. It stays valid across settles: they finish
+     * only tasks whose kernels were all submitted (or fail the turn, which then ends). */
+    struct task *t = NULL;
     for (;;) {
-        struct task *t = next_to_submit(e);
+        if (!t)
+            t = next_to_submit(e); /* completions may have queued more work */
         if ((double)used + s->planned_ns >= e->slice_ns)
             break;
         if (!t) {
@@ -777,7 +781,8 @@ int etf_sched_step(struct etf_sched *s, bool *ran)
         }
         s->n_pending++;
         s->planned_ns += pr->estimate_ns;
-        t->next_kernel++;
+        if (++t->next_kernel == m->n_kernels)
+            t = t->next; /* read now: settling may finish and recycle t */
         if (!s->async || estimate < 0 || s->n_pending == MAX_PENDING_RUNS) {
             if ((rc = settle(s, e, &used, SIZE_MAX, 0)) != 0)
                 break;
