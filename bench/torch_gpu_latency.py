@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
 """The PyTorch peer of the GPU benchmark: eager latency of the models ETF runs (the same
 constructors as scripts/export_models.py), fp32 with TF32 off, cuDNN autotuning on, on the
-first CUDA device.
+first CUDA device, over two spans:
+
+  host      the input in (pageable) host memory, copied to the GPU, the model, the output
+            copied back into a host buffer: the span etf-run measures, since ETF's API
+            takes and returns host buffers (a server's requests arrive in host memory);
+  resident  input and output stay on the GPU: the model's kernels alone, with the host's
+            launch cost.
 
     bench/torch_gpu_latency.py BATCH ITERS NAME [NAME...]
 
-Prints one JSON object per model: {"model", "batch", "p50_ms", "p90_ms"}.
+Prints one JSON object per model:
+{"model", "batch", "p50_ms", "p90_ms", "p50_host_ms", "p90_host_ms"} (p50_ms: resident).
 """
 import json
 import os
@@ -37,22 +44,34 @@ def cuda_model(name, batch):
     return model, torch.randn((batch,) + tuple(shape[1:]), device="cuda")
 
 
+def timed(iters, run):
+    """Median and 90th percentile of `run`'s host wall time in ms, after 5 warm-up runs."""
+    for _ in range(5):
+        run()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+    return statistics.median(times), times[int(0.9 * (len(times) - 1))]
+
+
 def latency(name, batch, iters):
     model, x = cuda_model(name, batch)
-    times = []
     with torch.no_grad():
-        for _ in range(5):
-            model(x)
-        torch.cuda.synchronize()
-        for _ in range(iters):
-            # host wall time to the end of the GPU work, as etf-run measures a task
-            start = time.perf_counter()
-            model(x)
-            torch.cuda.synchronize()
-            times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    return {"model": name, "batch": batch, "p50_ms": statistics.median(times),
-            "p90_ms": times[int(0.9 * (len(times) - 1))]}
+        x_host = x.cpu()
+        out_host = torch.empty_like(model(x), device="cpu")
+
+        def host_to_host():
+            out_host.copy_(model(x_host.to("cuda")))
+
+        p50, p90 = timed(iters, lambda: model(x))
+        p50_host, p90_host = timed(iters, host_to_host)
+    return {"model": name, "batch": batch, "p50_ms": p50, "p90_ms": p90,
+            "p50_host_ms": p50_host, "p90_host_ms": p90_host}
 
 
 def main():

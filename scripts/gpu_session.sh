@@ -28,22 +28,30 @@ step_check() {
   OUT=$out scripts/gpu_run.sh "$build"
 }
 
+# a / b with two decimals, or "-" when either is missing
+ratio() {
+  awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN {if (a > 0 && b > 0) printf "%.2f", a / b; else print "-"}'
+}
+
 step_latency() {
+  # etf-run's latency spans host buffer to host buffer (ETF's API takes host memory), so its
+  # peer is PyTorch's host-to-host figure; the GPU-resident figure is printed beside it.
   local table=$out/latency.txt
   printf 'GPU latency, median of 30 runs, host wall time to the end of the GPU work\n' >"$table"
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >>"$table" 2>&1
-  printf '%-16s %5s %10s %12s %8s\n' model batch "etf ms" "torch ms" etf/torch >>"$table"
+  printf '%-16s %5s %9s %14s %9s %17s %9s\n' model batch "etf ms" "torch host ms" etf/host \
+    "torch resident ms" etf/res >>"$table"
   for batch in 1 32; do
     python3 bench/torch_gpu_latency.py "$batch" 30 "${models[@]}" >"$out/torch_b$batch.jsonl" 2>"$out/torch_b$batch.err"
     for m in "${models[@]}"; do
       etf=$("$build/etf-run" "models/$m/model.onnx" --device cuda --batch "$batch" --iters 30 2>"$out/etf_${m}_b$batch.err" |
             awk '$1 == "p50" {print $2}')
-      torch=$(python3 -c "import json,sys
+      read -r host resident < <(python3 -c "import json,sys
 for l in open(sys.argv[1]):
     d = json.loads(l)
-    if d['model'] == sys.argv[2]: print('%.3f' % d['p50_ms'])" "$out/torch_b$batch.jsonl" "$m")
-      ratio=$(awk -v a="${etf:-0}" -v b="${torch:-0}" 'BEGIN {if (a > 0 && b > 0) printf "%.2f", a / b; else print "-"}')
-      printf '%-16s %5s %10s %12s %8s\n' "$m" "$batch" "${etf:--}" "${torch:--}" "$ratio" >>"$table"
+    if d['model'] == sys.argv[2]: print('%.3f %.3f' % (d['p50_host_ms'], d['p50_ms']))" "$out/torch_b$batch.jsonl" "$m")
+      printf '%-16s %5s %9s %14s %9s %17s %9s\n' "$m" "$batch" "${etf:--}" "${host:--}" \
+        "$(ratio "$etf" "$host")" "${resident:--}" "$(ratio "$etf" "$resident")" >>"$table"
     done
   done
   cat "$table"
@@ -69,8 +77,10 @@ step_profile() {
   for spec in ${PROFILE:-resnet50:32 squeezenet1_1:32 transformer:32}; do
     m=${spec%:*} b=${spec#*:}
     echo "== $m batch $b: ETF"
-    "$build/etf-run" "models/$m/model.onnx" --device cuda --batch "$b" --iters 20 2>&1 |
-      tee "$out/profile_etf_${m}_b$b.txt" | head -n 40
+    # Written whole, then shown in part (a pipe into head would cut the file short).
+    "$build/etf-run" "models/$m/model.onnx" --device cuda --batch "$b" --iters 20 \
+      >"$out/profile_etf_${m}_b$b.txt" 2>&1
+    head -n 40 "$out/profile_etf_${m}_b$b.txt"
     echo "== $m batch $b: PyTorch"
     python3 bench/torch_gpu_profile.py "$m" "$b" 2>&1 | tee "$out/profile_torch_${m}_b$b.txt"
   done

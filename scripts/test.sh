@@ -21,7 +21,7 @@ scripts/build.sh build-tsan -DETF_SANITIZE=thread -DETF_CUDA=OFF
 # gRPC, abseil and oneDNN come uninstrumented from Debian: the suppressions drop only
 # reports with one of them on the stack.
 TSAN_OPTIONS="halt_on_error=1 suppressions=$root/tests/tsan_grpc.supp" \
-  ctest --test-dir build-tsan --output-on-failure -R 'test_sched|test_ledger|test_service|test_profiler'
+  ctest --test-dir build-tsan --output-on-failure -R 'test_sched|test_ledger|test_service|test_profiler|test_copier'
 
 echo "== fuzz targets (${fuzz_seconds}s each)"
 CC=clang scripts/build.sh build-fuzz -DETF_FUZZ=ON -DETF_SANITIZE=address -DETF_CUDA=OFF

@@ -38,7 +38,8 @@ struct etf_device_config {
     /* Simulated device: when set, a kernel advances this clock by its duration instead of
      * sleeping for it. The scheduler must then be given the same clock. */
     struct etf_vclock *vclock;
-    /* Worker threads for CPU devices; 0 = the backend's default. */
+    /* Worker threads: a CPU device's compute threads, the host threads that copy a GPU
+     * device's task inputs and outputs; 0 = the backend's default. */
     int threads;
     /* Simulated device: > 0 makes it asynchronous like a GPU, holding up to this many
      * submitted kernels until the scheduler fences it; 0 = each kernel completes as it is
