@@ -947,7 +947,8 @@ static void test_misc_kernels(void **state)
     attr_i(&m, n, "keepdims", 0);
     mb_output(&m, "y");
     struct etf_plan *p = must_parse(&m, 0);
-    expect_names(p, NAMES("batchnorm_0", "clip_1", "concat_2", "layernorm_3", "reduce_mean_4"));
+    /* The Clip is the batchnorm's post-op: one pointwise kernel, not two. */
+    expect_names(p, NAMES("batchnorm_clip_0", "concat_1", "layernorm_2", "reduce_mean_3"));
     const struct etf_kernel *k = &p->kernels[0];
     const float *sc = val(p, k->inputs[1])->data, *sh = val(p, k->inputs[2])->data;
     float var[2] = {1.0f, 3.0f};
@@ -956,17 +957,20 @@ static void test_misc_kernels(void **state)
         expect_close(sc[c], s);
         expect_close(sh[c], bb[c] - mu[c] * s);
     }
+    assert_int_equal(k->n_post, 1);
+    assert_int_equal(k->post[0].kind, ETF_POST_ELTWISE);
+    assert_int_equal(k->post[0].eltwise, ETF_ELT_CLIP);
+    expect_close(k->post[0].alpha, 0.0f);
+    expect_close(k->post[0].beta, 6.0f);
     k = &p->kernels[1];
-    expect_close(k->attr.eltwise.alpha, 0.0f);
-    expect_close(k->attr.eltwise.beta, 6.0f);
-    k = &p->kernels[2];
     assert_int_equal(k->n_extra_inputs, 6);
+    assert_int_equal(k->extra_inputs[0], p->kernels[0].output);
     assert_int_equal(k->extra_inputs[1], p->inputs[0]);
     assert_int_equal(k->attr.axis.axis, 1);
-    k = &p->kernels[3];
+    k = &p->kernels[2];
     expect_close(k->attr.norm.epsilon, 1e-5f);
     expect_shape(&val(p, k->inputs[2])->shape, DIMS(3)); /* a zero beta made up */
-    k = &p->kernels[4];
+    k = &p->kernels[3];
     assert_int_equal(k->attr.reduce.axes_mask, 12u);
     expect_shape(&val(p, k->output)->shape, DIMS(1, 12, 1, 1));
     expect_shape(&val(p, p->outputs[0])->shape, DIMS(1, 12));

@@ -8,9 +8,11 @@
  *
  * Lowering second, in node order (so kernel order and names are deterministic): views become
  * aliases, and every other node a kernel, unless it can be attached to the kernel that
- * produced its input as a post-op. That is allowed for CONV and MATMUL only, when nothing
- * else reads the intermediate tensor; unary post-ops may look through views and transposes
- * (an elementwise function commutes with both), a residual sum through views.
+ * produced its input as a post-op. That is allowed for CONV, MATMUL and BATCHNORM (whose
+ * scale and shift are as pointwise as its post-ops: DenseNet's BatchNorm-ReLU pairs become
+ * one kernel), when nothing else reads the intermediate tensor; unary post-ops may look
+ * through views and transposes (an elementwise function commutes with both), a residual sum
+ * through views.
  *
  * Slices and gathers of computed tensors have no kernel of their own: they become a MATMUL
  * with a constant 0/1 selection matrix, which every device already runs.
@@ -646,7 +648,8 @@ static int fusion_target(struct builder *b, int x, bool through_transpose, int *
             if (*last < 0)
                 *last = t;
             const struct etf_kernel *K = &b->k[k];
-            if ((K->op == ETF_K_CONV || K->op == ETF_K_MATMUL) && K->n_post < ETF_MAX_POST_OPS)
+            if ((K->op == ETF_K_CONV || K->op == ETF_K_MATMUL || K->op == ETF_K_BATCHNORM) &&
+                K->n_post < ETF_MAX_POST_OPS)
                 return k;
             if (K->op == ETF_K_TRANSPOSE && through_transpose && b->k_src[k] >= 0) {
                 t = b->k_src[k];
