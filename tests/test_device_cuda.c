@@ -578,11 +578,13 @@ static void softmax_axes(void **state)
 static void concat_three_over_channels(void **state)
 {
     NEED_GPU();
+    /* Batch 2 and planes of 36 floats: the float4 copy, with rows of the output between
+     * each input's two runs. */
     struct pb b = {.seed = 25};
-    int x = pb_in(&b, SH(1, 8, 6, 6)), plain = pb_in(&b, SH(1, 5, 6, 6));
+    int x = pb_in(&b, SH(2, 8, 6, 6)), plain = pb_in(&b, SH(2, 5, 6, 6));
     int w1 = pb_const(&b, SH(16, 8, 1, 1)), w2 = pb_const(&b, SH(32, 8, 3, 3));
-    int a = pb_act(&b, SH(1, 16, 6, 6)), c = pb_act(&b, SH(1, 32, 6, 6));
-    int y = pb_act(&b, SH(1, 53, 6, 6));
+    int a = pb_act(&b, SH(2, 16, 6, 6)), c = pb_act(&b, SH(2, 32, 6, 6));
+    int y = pb_act(&b, SH(2, 53, 6, 6));
     pb_conv(&b, a, x, w1, -1, 1, 0, 1, 1);
     pb_conv(&b, c, x, w2, -1, 1, 1, 1, 1);
     pb_kernel(&b, ETF_K_CONCAT, y, IDS(a, plain, c))->attr.axis.axis = 1;

@@ -358,15 +358,28 @@ __global__ void pad_kernel(const struct etfk_pad p)
     }
 }
 
-__global__ void concat_kernel(const etfk_concat_src *srcs, float *y, int64_t outer, int64_t out_len)
+/* T is float, or float4 when every length and offset is a multiple of 4 floats and every
+ * pointer 16-byte aligned (then all are counted in float4s); I is the index type, 32-bit
+ * whenever the output allows. blockIdx.y picks the input. */
+template <typename T, typename I>
+__global__ void concat_kernel(const etfk_concat_src *srcs, T *y, I outer, I out_len, int vec)
 {
     const etfk_concat_src src = srcs[blockIdx.y];
-    int64_t n = outer * src.len;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        int64_t o = i / src.len, j = i - o * src.len;
-        y[o * out_len + src.at + j] = src.x[i];
+    const T *x = (const T *)src.x;
+    I len = (I)(src.len / vec), at = (I)(src.at / vec), n = outer * len;
+    for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (I)gridDim.x * blockDim.x) {
+        I o = i / len, j = i - o * len;
+        y[o * out_len + at + j] = x[i];
     }
+}
+
+template <typename T, typename I>
+void concat_launch(const etfk_concat_src *srcs, int n, int64_t max_len, float *y, int64_t outer,
+                   int64_t out_len, int vec, cudaStream_t s)
+{
+    /* The grid's x covers the largest input; smaller ones leave blocks idle. */
+    dim3 grid(grid_for(outer * max_len / vec), (unsigned)n);
+    concat_kernel<T, I><<<grid, kThreads, 0, s>>>(srcs, (T *)y, (I)outer, (I)(out_len / vec), vec);
 }
 
 } // namespace
@@ -451,13 +464,19 @@ cudaError_t etfk_launch_pad(const struct etfk_pad *p, cudaStream_t s)
 }
 
 cudaError_t etfk_launch_concat(const struct etfk_concat_src *srcs, int n, int64_t max_len, float *y,
-                               int64_t outer, int64_t out_len, cudaStream_t s)
+                               int64_t outer, int64_t out_len, bool vec4, cudaStream_t s)
 {
-    if (n > 0 && outer * max_len > 0) {
-        /* The grid's x covers the largest input; smaller ones leave blocks idle. */
-        dim3 grid(grid_for(outer * max_len), (unsigned)n);
-        concat_kernel<<<grid, kThreads, 0, s>>>(srcs, y, outer, out_len);
-    }
+    if (n <= 0 || outer * max_len <= 0)
+        return cudaSuccess;
+    bool small = outer * out_len < INT32_MAX;
+    if (vec4 && small)
+        concat_launch<float4, int32_t>(srcs, n, max_len, y, outer, out_len, 4, s);
+    else if (vec4)
+        concat_launch<float4, int64_t>(srcs, n, max_len, y, outer, out_len, 4, s);
+    else if (small)
+        concat_launch<float, int32_t>(srcs, n, max_len, y, outer, out_len, 1, s);
+    else
+        concat_launch<float, int64_t>(srcs, n, max_len, y, outer, out_len, 1, s);
     return cudaGetLastError();
 }
 

@@ -11,6 +11,7 @@
 #define ETF_DEVICE_CUDA_KERNELS_H
 
 #include <cuda_runtime_api.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -165,9 +166,10 @@ struct etfk_concat_src {
     int64_t len, at;
 };
 /* Concatenates n inputs whose descriptors lie in device memory (`srcs`, uploaded at load),
- * in one launch: blockIdx.y picks the input. */
+ * in one launch: blockIdx.y picks the input. vec4: every len and at, and out_len, are
+ * multiples of 4 and every x and y 16-byte aligned, so that the copy moves float4s. */
 cudaError_t etfk_launch_concat(const struct etfk_concat_src *srcs, int n, int64_t max_len, float *y,
-                               int64_t outer, int64_t out_len, cudaStream_t s);
+                               int64_t outer, int64_t out_len, bool vec4, cudaStream_t s);
 
 #ifdef __cplusplus
 }

@@ -296,6 +296,7 @@ struct concat_step {
     struct etfk_concat_src *dev;  /* the same in device memory */
     int n;
     int64_t max_len, outer, out_len;
+    bool vec4; /* lengths, offsets and pointers allow float4 copies (set once placed) */
     float *y;
 };
 
@@ -1548,7 +1549,8 @@ static int run_step(const struct exec_ctx *cx, const struct etf_dmodel *dm,
     case STEP_CONCAT: {
         const struct concat_step *c = &st->u.concat;
         CK_CUDA(cx->err,
-                etfk_launch_concat(c->dev, c->n, c->max_len, c->y, c->outer, c->out_len, s));
+                etfk_launch_concat(c->dev, c->n, c->max_len, c->y, c->outer, c->out_len, c->vec4,
+                                   s));
         return 0;
     }
     case STEP_TRANSPOSE:
@@ -1688,6 +1690,10 @@ static int finalize(struct build *b)
             if (st->kind == STEP_CONCAT) {
                 struct concat_step *c = &st->u.concat;
                 size_t bytes = (size_t)c->n * sizeof *c->srcs;
+                c->vec4 = c->out_len % 4 == 0 && (uintptr_t)c->y % 16 == 0;
+                for (int j = 0; j < c->n; j++)
+                    c->vec4 = c->vec4 && c->srcs[j].len % 4 == 0 && c->srcs[j].at % 4 == 0 &&
+                              (uintptr_t)c->srcs[j].x % 16 == 0;
                 CK_CUDA(e, cudaMalloc((void **)&c->dev, bytes));
                 CK_CUDA(e, cudaMemcpyAsync(c->dev, c->srcs, bytes, cudaMemcpyHostToDevice, s));
             } else if (st->kind == STEP_GEMM && st->u.gemm.mode == GEMM_POINTERS) {
