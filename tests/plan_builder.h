@@ -18,13 +18,13 @@ struct pb {
     uint32_t seed;
 };
 
-static float pb_rand(uint32_t *seed)
+REF_UNUSED static float pb_rand(uint32_t *seed)
 {
     *seed = *seed * 1664525u + 1013904223u;
     return (float)((*seed >> 8) & 0xffff) / 32768.f - 1.f; /* [-1, 1) */
 }
 
-static int pb_value(struct pb *b, enum etf_value_kind kind, struct etf_shape s)
+REF_UNUSED static int pb_value(struct pb *b, enum etf_value_kind kind, struct etf_shape s)
 {
     struct etf_plan *p = &b->p;
     p->values = realloc(p->values, (p->n_values + 1) * sizeof *p->values);
@@ -36,12 +36,12 @@ static int pb_value(struct pb *b, enum etf_value_kind kind, struct etf_shape s)
     return (int)p->n_values++;
 }
 
-static int pb_act(struct pb *b, struct etf_shape s)
+REF_UNUSED static int pb_act(struct pb *b, struct etf_shape s)
 {
     return pb_value(b, ETF_VALUE_ACTIVATION, s);
 }
 
-static int pb_in(struct pb *b, struct etf_shape s)
+REF_UNUSED static int pb_in(struct pb *b, struct etf_shape s)
 {
     int v = pb_value(b, ETF_VALUE_INPUT, s);
     b->p.inputs = realloc(b->p.inputs, (b->p.n_inputs + 1) * sizeof *b->p.inputs);
@@ -50,7 +50,7 @@ static int pb_in(struct pb *b, struct etf_shape s)
 }
 
 /* A constant of random values in [lo, hi). */
-static int pb_const_range(struct pb *b, struct etf_shape s, float lo, float hi)
+REF_UNUSED static int pb_const_range(struct pb *b, struct etf_shape s, float lo, float hi)
 {
     int v = pb_value(b, ETF_VALUE_CONSTANT, s);
     size_t n = ref_elems(&s);
@@ -61,27 +61,27 @@ static int pb_const_range(struct pb *b, struct etf_shape s, float lo, float hi)
     return v;
 }
 
-static int pb_const(struct pb *b, struct etf_shape s)
+REF_UNUSED static int pb_const(struct pb *b, struct etf_shape s)
 {
     return pb_const_range(b, s, -1.f, 1.f);
 }
 
-static int pb_alias(struct pb *b, int of, struct etf_shape s)
+REF_UNUSED static int pb_alias(struct pb *b, int of, struct etf_shape s)
 {
     int v = pb_act(b, s);
     b->p.values[v].alias_of = of;
     return v;
 }
 
-static void pb_out(struct pb *b, int v)
+REF_UNUSED static void pb_out(struct pb *b, int v)
 {
     b->p.outputs = realloc(b->p.outputs, (b->p.n_outputs + 1) * sizeof *b->p.outputs);
     b->p.outputs[b->p.n_outputs++] = v;
 }
 
 /* Appends a kernel; the pointer is good until the next pb_kernel. */
-static struct etf_kernel *pb_kernel(struct pb *b, enum etf_kernel_op op, int out, const int *in,
-                                    int n_in)
+REF_UNUSED static struct etf_kernel *pb_kernel(struct pb *b, enum etf_kernel_op op, int out,
+                                               const int *in, int n_in)
 {
     struct etf_plan *p = &b->p;
     p->kernels = realloc(p->kernels, (p->n_kernels + 1) * sizeof *p->kernels);
@@ -103,8 +103,9 @@ static struct etf_kernel *pb_kernel(struct pb *b, enum etf_kernel_op op, int out
     return k;
 }
 
-static struct etf_kernel *pb_conv(struct pb *b, int out, int x, int w, int bias, int64_t stride,
-                                  int64_t pad, int64_t dil, int64_t groups)
+REF_UNUSED static struct etf_kernel *pb_conv(struct pb *b, int out, int x, int w, int bias,
+                                             int64_t stride, int64_t pad, int64_t dil,
+                                             int64_t groups)
 {
     struct etf_kernel *k = bias >= 0 ? pb_kernel(b, ETF_K_CONV, out, IDS(x, w, bias))
                                      : pb_kernel(b, ETF_K_CONV, out, IDS(x, w));
@@ -118,19 +119,20 @@ static struct etf_kernel *pb_conv(struct pb *b, int out, int x, int w, int bias,
     return k;
 }
 
-static void post_elt(struct etf_kernel *k, enum etf_eltwise_alg alg, float alpha, float beta)
+REF_UNUSED static void post_elt(struct etf_kernel *k, enum etf_eltwise_alg alg, float alpha,
+                                float beta)
 {
     k->post[k->n_post++] = (struct etf_post_op){
         .kind = ETF_POST_ELTWISE, .eltwise = alg, .alpha = alpha, .beta = beta};
 }
 
-static void post_val(struct etf_kernel *k, int kind, enum etf_binary_alg alg, int v)
+REF_UNUSED static void post_val(struct etf_kernel *k, int kind, enum etf_binary_alg alg, int v)
 {
     k->post[k->n_post++] = (struct etf_post_op){.kind = kind, .binary = alg, .value = v};
 }
 
 /* Fills in the liveness the way the model layer does (the device recomputes its own). */
-static void pb_liveness(struct pb *b)
+REF_UNUSED static void pb_liveness(struct pb *b)
 {
     struct etf_plan *p = &b->p;
     for (size_t v = 0; v < p->n_values; v++) {
@@ -156,7 +158,7 @@ static void pb_liveness(struct pb *b)
         p->values[ref_storage(p, p->outputs[i])].last_use = p->n_kernels;
 }
 
-static void pb_free(struct pb *b)
+REF_UNUSED static void pb_free(struct pb *b)
 {
     struct etf_plan *p = &b->p;
     for (size_t v = 0; v < p->n_values; v++) {

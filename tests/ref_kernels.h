@@ -294,9 +294,10 @@ static void ref_pad(const struct etf_kernel *k, const float *x, const struct etf
     } while (ref_next(nd, ys->d, idx));
 }
 
-/* Runs plan p on the inputs (in plan order) and writes its outputs. */
-REF_UNUSED static void ref_run_plan(const struct etf_plan *p, const float *const *inputs,
-                                    float *const *outputs)
+/* Runs plan p on the inputs (in plan order) and returns the contents of every value with
+ * storage of its own (NULL for aliases; constants are copies), to be freed with
+ * ref_free_values. */
+REF_UNUSED static float **ref_run_plan_values(const struct etf_plan *p, const float *const *inputs)
 {
     float **buf = calloc(p->n_values, sizeof *buf);
     for (size_t v = 0; v < p->n_values; v++) {
@@ -409,14 +410,27 @@ REF_UNUSED static void ref_run_plan(const struct etf_plan *p, const float *const
         memcpy(REF_BUF(k->output), y, n * sizeof *y);
         free(y);
     }
-    for (size_t i = 0; i < p->n_outputs; i++)
-        memcpy(outputs[i], REF_BUF(p->outputs[i]),
-               ref_elems(REF_SHAPE(p->outputs[i])) * sizeof(float));
 #undef REF_BUF
 #undef REF_SHAPE
+    return buf;
+}
+
+REF_UNUSED static void ref_free_values(const struct etf_plan *p, float **buf)
+{
     for (size_t v = 0; v < p->n_values; v++)
         free(buf[v]);
     free(buf);
+}
+
+/* Runs plan p on the inputs (in plan order) and writes its outputs. */
+REF_UNUSED static void ref_run_plan(const struct etf_plan *p, const float *const *inputs,
+                                    float *const *outputs)
+{
+    float **buf = ref_run_plan_values(p, inputs);
+    for (size_t i = 0; i < p->n_outputs; i++)
+        memcpy(outputs[i], buf[ref_storage(p, p->outputs[i])],
+               ref_elems(&p->values[p->outputs[i]].shape) * sizeof(float));
+    ref_free_values(p, buf);
 }
 
 #endif

@@ -43,8 +43,14 @@ static void check_copy(struct etf__copier *c, size_t n, unsigned seed)
     free(dst);
 }
 
-static const size_t sizes[] = {0, 1, 63, 4096, ETF_COPIER_MIN_SPLIT - 1, ETF_COPIER_MIN_SPLIT,
-                               ETF_COPIER_MIN_SPLIT + 1, 3 * ETF_COPIER_MIN_SPLIT + 77,
+static const size_t sizes[] = {0,
+                               1,
+                               63,
+                               4096,
+                               ETF_COPIER_MIN_SPLIT - 1,
+                               ETF_COPIER_MIN_SPLIT,
+                               ETF_COPIER_MIN_SPLIT + 1,
+                               3 * ETF_COPIER_MIN_SPLIT + 77,
                                19267584 /* a batch of 32 images of 3x224x224 floats */};
 
 static void copies_match_memcpy_for_any_thread_count(void **state)

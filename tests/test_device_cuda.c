@@ -28,6 +28,7 @@ static bool have_gpu;
     } while (0)
 
 #include "plan_builder.h"
+#include "attention_plan.h"
 
 /* ---- Running plans ---- */
 
@@ -605,6 +606,17 @@ static void concat_many_inputs(void **state)
     check_plan(&b);
 }
 
+/* The exporter's attention block: thirteen of its nineteen kernels are read in place
+ * (src/device/views.c), products reading heads, K^T and scalings through strides and
+ * writing the merged heads and the batch-first result where the transposes would. */
+static void attention_block_read_in_place(void **state)
+{
+    NEED_GPU();
+    struct pb b = {.seed = 28};
+    attention_plan_build(&b, 3, 7, 4, 8);
+    check_plan(&b);
+}
+
 static void binary_broadcasting(void **state)
 {
     NEED_GPU();
@@ -903,6 +915,7 @@ int main(void)
         cmocka_unit_test(softmax_axes),
         cmocka_unit_test(concat_three_over_channels),
         cmocka_unit_test(concat_many_inputs),
+        cmocka_unit_test(attention_block_read_in_place),
         cmocka_unit_test(binary_broadcasting),
         cmocka_unit_test(transpose_bshd_to_bhsd),
         cmocka_unit_test(reduce_mean_axes),

@@ -63,6 +63,7 @@
 #include "device/arena.h"
 #include "device/device.h"
 #include "device/cuda_kernels.h"
+#include "device/views.h"
 #include "model/plan.h"
 #include "util/array.h"
 #include "util/copier.h"
@@ -218,6 +219,7 @@ struct cuda_device {
     bool tf32, fuse;
     bool log_algos; /* each convolution's choice is written to stderr at load */
     bool graphs;    /* kernels are captured into CUDA graphs at load */
+    bool views;     /* kernels that only re-index may be read in place (views.h) */
     struct exec_ctx cx;
     struct inflight inflight[MAX_INFLIGHT]; /* a ring: n_inflight from inflight_head */
     size_t inflight_head, n_inflight;
@@ -264,16 +266,21 @@ struct conv_step {
 
 enum gemm_mode { GEMM_ONE, GEMM_STRIDED, GEMM_POINTERS };
 
-/* y [batch][M,N] = a [M,K] b [K,N], row-major. */
+/* y [batch][M,N] = alpha a [M,K] b [K,N], each operand read (y written) through its view
+ * (views.h): rows ld apart with adjacent columns, or for a and b transposed (adjacent rows,
+ * columns ld apart). alpha carries the scalings read in place. */
 struct gemm_step {
     enum gemm_mode mode;
     int m, n, k, batch;
+    bool trans_a, trans_b;
+    int lda, ldb, ldy;
+    float alpha;
     long long sa, sb, sy; /* element strides between batches (GEMM_STRIDED) */
     const float *a, *b;
     float *y;
-    /* GEMM_POINTERS: element offsets of each batch (host), and the pointer arrays cuBLAS
-     * reads (device, built once the arena is placed). */
-    int64_t *a_off, *b_off;
+    /* GEMM_POINTERS: element offsets of each batch from a, b and y (host), and the pointer
+     * arrays cuBLAS reads (device, built once the arena is placed). */
+    int64_t *a_off, *b_off, *y_off;
     void *ptrs; /* a[batch], b[batch], y[batch] */
 };
 
@@ -370,7 +377,8 @@ struct patch {
     bool is_const;
     void *slot;
     enum patch_target target;
-    int index; /* block or constant value */
+    int index;       /* block or constant value */
+    size_t byte_off; /* into it: a view's first element */
 };
 
 /* A convolution's choice of algorithm, kept for the next one of the same shape. */
@@ -388,6 +396,9 @@ struct build {
     struct errbuf err; /* a failed library call, reported with the kernel's name */
     struct exec_ctx cx;
     struct cuda_val *vals;
+    /* Kernels whose outputs are read in place (views.h): they run nothing, and products
+     * read and write through strides. vals are indexed by the views' base values. */
+    struct etf__views views;
     struct etf_arena_block *blocks;
     size_t n_blocks, cap_blocks;
     struct patch *patches;
@@ -470,32 +481,50 @@ static int temp_block(struct build *b, size_t bytes, int *block)
     return 0;
 }
 
-static int patch_add(struct build *b, bool is_const, void *slot, enum patch_target target,
-                     int index)
+static int patch_at(struct build *b, bool is_const, void *slot, enum patch_target target, int index,
+                    int64_t elem_off)
 {
     if (etf__reserve(&b->patches, b->n_patches, &b->cap_patches, sizeof *b->patches, 256))
         return kfail(b, ETF_ENOMEM, "out of memory");
-    b->patches[b->n_patches++] =
-        (struct patch){.is_const = is_const, .slot = slot, .target = target, .index = index};
+    b->patches[b->n_patches++] = (struct patch){.is_const = is_const,
+                                                .slot = slot,
+                                                .target = target,
+                                                .index = index,
+                                                .byte_off = (size_t)elem_off * sizeof(float)};
     return 0;
 }
 
-/* *slot will point at value v's bytes: its arena block, or its constant data on the GPU. */
-static int bind_in(struct build *b, const float **slot, int v)
+static int patch_add(struct build *b, bool is_const, void *slot, enum patch_target target,
+                     int index)
 {
-    int s = storage(b, v);
+    return patch_at(b, is_const, slot, target, index, 0);
+}
+
+/* *slot will point at element elem_off of storage value s: in its arena block, or in its
+ * constant data on the GPU. */
+static int bind_storage(struct build *b, const float **slot, int s, int64_t elem_off)
+{
     struct cuda_val *cv = &b->vals[s];
     if (val(b, s)->kind == ETF_VALUE_CONSTANT) {
         if (cv->const_off == SIZE_MAX) {
             cv->const_off = b->const_bytes;
-            b->const_bytes += (etf__shape_elems(&val(b, s)->shape) * sizeof(float) + CUDA_ALIGN - 1) /
-                              CUDA_ALIGN * CUDA_ALIGN;
+            b->const_bytes +=
+                (etf__shape_elems(&val(b, s)->shape) * sizeof(float) + CUDA_ALIGN - 1) /
+                CUDA_ALIGN * CUDA_ALIGN;
         }
-        return patch_add(b, true, (void *)slot, PATCH_CONST, s);
+        return patch_at(b, true, (void *)slot, PATCH_CONST, s, elem_off);
     }
     if (cv->block < 0)
-        return kfail(b, ETF_EINVAL, "value '%.64s' is read before a kernel writes it", vname(b, v));
-    return patch_add(b, true, (void *)slot, PATCH_BLOCK, cv->block);
+        return kfail(b, ETF_EINVAL, "value '%.64s' is read before a kernel writes it", vname(b, s));
+    return patch_at(b, true, (void *)slot, PATCH_BLOCK, cv->block, elem_off);
+}
+
+/* *slot will point at value v's first element. Kernels other than products read values
+ * that are not views of anything but their own storage (views.h), contiguous. */
+static int bind_in(struct build *b, const float **slot, int v)
+{
+    const struct etf__view *w = &b->views.of[v];
+    return bind_storage(b, slot, w->base, w->offset);
 }
 
 static int bind_block(struct build *b, float **slot, int block)
@@ -508,11 +537,11 @@ static int bind_block_in(struct build *b, const float **slot, int block)
     return patch_add(b, true, (void *)slot, PATCH_BLOCK, block);
 }
 
-/* Gives the kernel's output value its arena block, live from this kernel to its last read;
- * *slot will point at it. */
-static int bind_out(struct build *b, float **slot, int *block)
+/* Gives the kernel's output value its arena block, live from this kernel to its last read.
+ * A product writing through a transpose's output (views.h) gives that value its block. */
+static int out_block_new(struct build *b, int *block)
 {
-    int v = b->kn->output, s = storage(b, v);
+    int v = b->kn->output, s = b->views.of[v].base;
     struct cuda_val *cv = &b->vals[s];
     if (val(b, s)->kind != ETF_VALUE_ACTIVATION)
         return kfail(b, ETF_EINVAL, "output '%.64s' is not an activation", vname(b, v));
@@ -521,9 +550,18 @@ static int bind_out(struct build *b, float **slot, int *block)
     cv->block = block_new(b, etf__shape_elems(&val(b, s)->shape) * sizeof(float), b->k, cv->last);
     if (cv->block < 0)
         return kfail(b, ETF_ENOMEM, "out of memory");
+    *block = cv->block;
+    return 0;
+}
+
+/* The same, and *slot will point at it. */
+static int bind_out(struct build *b, float **slot, int *block)
+{
+    int blk;
+    TRY(out_block_new(b, &blk));
     if (block)
-        *block = cv->block;
-    return bind_block(b, slot, cv->block);
+        *block = blk;
+    return bind_block(b, slot, blk);
 }
 
 static struct cuda_step *step_new(struct build *b, enum step_kind kind)
@@ -860,7 +898,9 @@ static int build_conv(struct build *b)
     if (b->dev->log_algos)
         fprintf(stderr, "device cuda: %s: algorithm %d, workspace %zu bytes, epilogue %s\n",
                 kn->name, (int)c->algo, c->ws_bytes,
-                c->fused ? "fused" : need_epilogue ? "separate" : "none");
+                c->fused        ? "fused"
+                : need_epilogue ? "separate"
+                                : "none");
     if (c->fused) {
         CK_CUDNN(&b->err, cudnnCreateActivationDescriptor(&c->act_desc));
         CK_CUDNN(&b->err, cudnnSetActivationDescriptor(c->act_desc,
@@ -913,44 +953,27 @@ static int build_conv(struct build *b)
 
 /* ---- Matmul ---- */
 
+/* The per-batch offsets of one operand: its own when it has them, else first + t * stride
+ * (the pointer itself then points at `first`, so the offsets here start at 0). */
+static int64_t *batch_offsets(const struct etf__view_matrix *m, int64_t batch)
+{
+    int64_t *off = malloc((size_t)batch * sizeof *off);
+    for (int64_t t = 0; off && t < batch; t++)
+        off[t] = m->offset ? m->offset[t] - m->first : t * m->batch_stride;
+    return off;
+}
+
 static int build_matmul(struct build *b)
 {
     const struct etf_kernel *kn = b->kn;
     if (kn->n_inputs < 2 || kn->n_inputs > 3)
         return kfail(b, ETF_EINVAL, "%d inputs, 2 or 3 expected", kn->n_inputs);
     int a = kn->inputs[0], w = kn->inputs[1], bias = kn->n_inputs > 2 ? kn->inputs[2] : -1;
-    struct etf_shape as = val(b, a)->shape, ws = val(b, w)->shape;
-    if (as.ndim < 1 || ws.ndim < 1)
-        return kfail(b, ETF_EINVAL, "matmul of scalars");
-    /* numpy matmul: a vector operand is a matrix of one row (a) or one column (b). */
-    if (as.ndim == 1) {
-        as.d[1] = as.d[0];
-        as.d[0] = 1;
-        as.ndim = 2;
-    }
-    if (ws.ndim == 1) {
-        ws.d[1] = 1;
-        ws.ndim = 2;
-    }
-    int nd = as.ndim > ws.ndim ? as.ndim : ws.ndim;
+    int nd;
     int64_t ad[ETF_MAX_DIMS], wd[ETF_MAX_DIMS], yd[ETF_MAX_DIMS];
-    for (int i = 0; i < nd; i++) {
-        ad[i] = i < nd - as.ndim ? 1 : as.d[i - (nd - as.ndim)];
-        wd[i] = i < nd - ws.ndim ? 1 : ws.d[i - (nd - ws.ndim)];
-    }
-    if (ad[nd - 1] != wd[nd - 2])
-        return kfail(b, ETF_EINVAL, "inner dimensions %lld and %lld differ", (long long)ad[nd - 1],
-                     (long long)wd[nd - 2]);
-    for (int i = 0; i < nd - 2; i++) {
-        if (ad[i] != wd[i] && ad[i] != 1 && wd[i] != 1)
-            return kfail(b, ETF_EINVAL, "batch dimensions do not broadcast");
-        yd[i] = ad[i] > wd[i] ? ad[i] : wd[i];
-    }
-    yd[nd - 2] = ad[nd - 2];
-    yd[nd - 1] = wd[nd - 1];
-    int64_t M = yd[nd - 2], N = yd[nd - 1], K = ad[nd - 1];
-    int64_t Ba = dims_prod(ad, 0, nd - 2), Bw = dims_prod(wd, 0, nd - 2),
-            By = dims_prod(yd, 0, nd - 2);
+    if (!etf__view_product_dims(b->plan, kn, &nd, ad, wd, yd))
+        return kfail(b, ETF_EINVAL, "the operands' shapes do not multiply");
+    int64_t M = yd[nd - 2], N = yd[nd - 1], K = ad[nd - 1], By = dims_prod(yd, 0, nd - 2);
     if ((size_t)dims_prod(yd, 0, nd) != elems(b, kn->output))
         return kfail(b, ETF_EINVAL, "the output's shape does not follow from the inputs'");
     if (bias >= 0 && elems(b, bias) != (size_t)N)
@@ -958,58 +981,67 @@ static int build_matmul(struct build *b)
                      (long long)N);
     if (M * By > INT32_MAX || N > INT32_MAX || K > INT32_MAX || By > INT32_MAX)
         return kfail(b, ETF_ENOTSUP, "dimensions beyond cuBLAS's int range");
-
-    struct cuda_step *st;
-    STEP(b, st, STEP_GEMM);
+    /* Each operand as a matrix per batch; plain values are contiguous views. */
+    const struct etf__view *va = &b->views.of[a], *vw = &b->views.of[w],
+                           *vy = &b->views.of[kn->output];
+    struct etf__view_product pr;
+    bool oom;
+    if (!etf__view_product(b->plan, kn, va, vw, vy, &pr, &oom)) {
+        etf__view_product_free(&pr);
+        return oom ? kfail(b, ETF_ENOMEM, "out of memory")
+                   : kfail(b, ETF_EINVAL, "an operand's layout is beyond a BLAS product");
+    }
+    const struct etf__view_matrix ma = pr.a, mw = pr.w, my = pr.y;
+    struct cuda_step *st = NULL;
+    int rc = 0;
+    if (ma.ld > INT32_MAX || mw.ld > INT32_MAX || my.ld > INT32_MAX || pr.batch > INT32_MAX ||
+        pr.m * pr.batch > INT32_MAX)
+        rc = kfail(b, ETF_ENOTSUP, "dimensions beyond cuBLAS's int range");
+    else if (!(st = step_new(b, STEP_GEMM)))
+        rc = kfail(b, ETF_EINVAL, "too many steps");
+    if (rc) {
+        etf__view_product_free(&pr);
+        return rc;
+    }
+    int64_t Mp = pr.m, Bp = pr.batch;
     struct gemm_step *g = &st->u.gemm;
     g->n = (int)N;
     g->k = (int)K;
-    if (Bw == 1 && Ba == By) { /* shared weights: the batch is more rows of one product */
+    g->m = (int)Mp;
+    g->batch = (int)Bp;
+    g->trans_a = ma.transposed;
+    g->trans_b = mw.transposed;
+    g->lda = (int)ma.ld;
+    g->ldb = (int)mw.ld;
+    g->ldy = (int)my.ld;
+    g->alpha = pr.scale;
+    bool pointers = ma.offset || mw.offset || my.offset;
+    if (Bp == 1 || (!pointers && mw.batch_stride == 0 && !ma.transposed &&
+                    ma.batch_stride == Mp * ma.ld && my.batch_stride == Mp * my.ld)) {
+        /* shared weights and evenly stacked rows: the batch is more rows of one product */
         g->mode = GEMM_ONE;
-        g->m = (int)(M * By);
+        g->m = (int)(Mp * Bp);
         g->batch = 1;
-    } else if (Ba == By && (Bw == By || Bw == 1)) {
+    } else if (!pointers) {
         g->mode = GEMM_STRIDED;
-        g->m = (int)M;
-        g->batch = (int)By;
-        g->sa = M * K;
-        g->sb = Bw == 1 ? 0 : K * N;
-        g->sy = M * N;
-    } else if (Ba == 1 && Bw == By) {
-        g->mode = GEMM_STRIDED;
-        g->m = (int)M;
-        g->batch = (int)By;
-        g->sa = 0;
-        g->sb = K * N;
-        g->sy = M * N;
-    } else { /* partial broadcasts: a pointer per batch */
+        g->sa = ma.batch_stride;
+        g->sb = mw.batch_stride;
+        g->sy = my.batch_stride;
+    } else {
         g->mode = GEMM_POINTERS;
-        g->m = (int)M;
-        g->batch = (int)By;
-        g->a_off = calloc((size_t)By, sizeof *g->a_off);
-        g->b_off = calloc((size_t)By, sizeof *g->b_off);
-        if (!g->a_off || !g->b_off)
-            return kfail(b, ETF_ENOMEM, "out of memory");
-        int64_t idx[ETF_MAX_DIMS] = {0};
-        for (int64_t t = 0; t < By; t++) {
-            int64_t ao = 0, bo = 0;
-            for (int i = 0; i < nd - 2; i++) {
-                ao = ao * ad[i] + (ad[i] == 1 ? 0 : idx[i]);
-                bo = bo * wd[i] + (wd[i] == 1 ? 0 : idx[i]);
-            }
-            g->a_off[t] = ao * M * K;
-            g->b_off[t] = bo * K * N;
-            for (int i = nd - 3; i >= 0; i--) {
-                if (++idx[i] < yd[i])
-                    break;
-                idx[i] = 0;
-            }
-        }
+        g->a_off = batch_offsets(&ma, Bp);
+        g->b_off = batch_offsets(&mw, Bp);
+        g->y_off = batch_offsets(&my, Bp);
     }
-    TRY(bind_in(b, &g->a, a));
-    TRY(bind_in(b, &g->b, w));
+    int64_t a_first = ma.first, w_first = mw.first, y_first = my.first;
+    etf__view_product_free(&pr);
+    if (g->mode == GEMM_POINTERS && (!g->a_off || !g->b_off || !g->y_off))
+        return kfail(b, ETF_ENOMEM, "out of memory");
+    TRY(bind_storage(b, &g->a, va->base, a_first));
+    TRY(bind_storage(b, &g->b, vw->base, w_first));
     int out_block;
-    TRY(bind_out(b, &g->y, &out_block));
+    TRY(out_block_new(b, &out_block));
+    TRY(patch_at(b, false, &g->y, PATCH_BLOCK, out_block, y_first));
     if (bias < 0 && kn->n_post == 0)
         return 0;
     struct cuda_step *es;
@@ -1468,25 +1500,29 @@ __attribute__((format(printf, 2, 3))) static int xfail(const struct exec_ctx *cx
 
 static int run_gemm(const struct exec_ctx *cx, const struct gemm_step *g)
 {
-    static const float one = 1.f, zero = 0.f;
-    /* Row-major y = a b is column-major y^T = b^T a^T: b comes first, no transposes. */
+    static const float zero = 0.f;
+    /* Row-major y = a b is column-major y^T = b^T a^T: b comes first. A row-major operand
+     * with rows ld apart is its column-major transpose with leading dimension ld, so it
+     * goes in as is (N); one with adjacent rows, columns ld apart, is the column-major
+     * matrix itself and goes in transposed (T). */
+    cublasOperation_t op_a = g->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                      op_b = g->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     switch (g->mode) {
     case GEMM_ONE:
-        CK_CUBLAS(cx->err, cublasSgemm(cx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, g->n, g->m, g->k, &one,
-                                       g->b, g->n, g->a, g->k, &zero, g->y, g->n));
+        CK_CUBLAS(cx->err, cublasSgemm(cx->cublas, op_b, op_a, g->n, g->m, g->k, &g->alpha, g->b,
+                                       g->ldb, g->a, g->lda, &zero, g->y, g->ldy));
         break;
     case GEMM_STRIDED:
-        CK_CUBLAS(cx->err, cublasSgemmStridedBatched(
-                               cx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, g->n, g->m, g->k, &one, g->b,
-                               g->n, g->sb, g->a, g->k, g->sa, &zero, g->y, g->n, g->sy, g->batch));
+        CK_CUBLAS(cx->err, cublasSgemmStridedBatched(cx->cublas, op_b, op_a, g->n, g->m, g->k,
+                                                     &g->alpha, g->b, g->ldb, g->sb, g->a, g->lda,
+                                                     g->sa, &zero, g->y, g->ldy, g->sy, g->batch));
         break;
     case GEMM_POINTERS: {
         const float *const *pa = (const float *const *)g->ptrs;
         const float *const *pb = pa + g->batch;
         float *const *py = (float *const *)(pa + 2 * g->batch);
-        CK_CUBLAS(cx->err,
-                  cublasSgemmBatched(cx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, g->n, g->m, g->k, &one,
-                                     pb, g->n, pa, g->k, &zero, py, g->n, g->batch));
+        CK_CUBLAS(cx->err, cublasSgemmBatched(cx->cublas, op_b, op_a, g->n, g->m, g->k, &g->alpha,
+                                              pb, g->ldb, pa, g->lda, &zero, py, g->ldy, g->batch));
         break;
     }
     }
@@ -1548,9 +1584,8 @@ static int run_step(const struct exec_ctx *cx, const struct etf_dmodel *dm,
     }
     case STEP_CONCAT: {
         const struct concat_step *c = &st->u.concat;
-        CK_CUDA(cx->err,
-                etfk_launch_concat(c->dev, c->n, c->max_len, c->y, c->outer, c->out_len, c->vec4,
-                                   s));
+        CK_CUDA(cx->err, etfk_launch_concat(c->dev, c->n, c->max_len, c->y, c->outer, c->out_len,
+                                            c->vec4, s));
         return 0;
     }
     case STEP_TRANSPOSE:
@@ -1587,6 +1622,8 @@ static void analyse(struct build *b)
         b->vals[v] = (struct cuda_val){.block = -1, .last = 0, .const_off = SIZE_MAX};
     for (size_t k = 0; k < p->n_kernels; k++) {
         const struct etf_kernel *kn = &p->kernels[k];
+        if (b->views.skip[k]) /* its readers read its input, through the view */
+            continue;
         const int *ins;
         int n;
         etf__kernel_inputs(kn, &ins, &n);
@@ -1594,17 +1631,19 @@ static void analyse(struct build *b)
             int v = i < n ? ins[i] : i < n + kn->n_post ? kn->post[i - n].value : kn->output;
             if (i >= n && i < n + kn->n_post && kn->post[i - n].kind == ETF_POST_ELTWISE)
                 continue;
-            struct cuda_val *cv = &b->vals[etf__plan_storage(p, v)];
+            struct cuda_val *cv = &b->vals[b->views.of[v].base];
             if (k > cv->last)
                 cv->last = k;
         }
     }
     for (size_t i = 0; i < p->n_outputs; i++)
-        b->vals[etf__plan_storage(p, p->outputs[i])].last = p->n_kernels;
+        b->vals[b->views.of[p->outputs[i]].base].last = p->n_kernels;
 }
 
 static int build_kernel(struct build *b)
 {
+    if (b->views.skip[b->k])
+        return 0; /* its output is a view of its input: nothing to run */
     switch (b->kn->op) {
     case ETF_K_CONV:
         return build_conv(b);
@@ -1671,9 +1710,11 @@ static int finalize(struct build *b)
 
     for (size_t i = 0; i < b->n_patches; i++) {
         const struct patch *pt = &b->patches[i];
-        char *ptr = pt->target == PATCH_BLOCK   ? (char *)dm->arena + b->blocks[pt->index].offset
-                    : pt->target == PATCH_CONST ? (char *)dm->weights + b->vals[pt->index].const_off
-                                                : (char *)dm->weights + zeros_off;
+        char *ptr =
+            (pt->target == PATCH_BLOCK   ? (char *)dm->arena + b->blocks[pt->index].offset
+             : pt->target == PATCH_CONST ? (char *)dm->weights + b->vals[pt->index].const_off
+                                         : (char *)dm->weights + zeros_off) +
+            pt->byte_off;
         if (pt->is_const)
             *(const float **)pt->slot = (const float *)ptr;
         else
@@ -1705,7 +1746,7 @@ static int finalize(struct build *b)
                 for (size_t t = 0; t < n; t++) {
                     host[t] = g->a + g->a_off[t];
                     host[n + t] = g->b + g->b_off[t];
-                    host[2 * n + t] = g->y + (size_t)g->m * g->n * t;
+                    host[2 * n + t] = g->y + g->y_off[t];
                 }
                 cudaError_t st1 = cudaMalloc(&g->ptrs, 3 * n * sizeof *host);
                 /* A synchronous copy: the host array is freed right after. */
@@ -1787,6 +1828,8 @@ static void capture_graphs(struct build *b)
     for (size_t k = 0; k < dm->n_kernels; k++) {
         struct cuda_kernel *ck = &dm->kernels[k];
         cudaGraph_t graph = NULL;
+        if (ck->n_steps == 0)
+            continue;
         if (cudaStreamBeginCapture(b->cx.stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess)
             break;
         int rc = exec_kernel(&b->cx, dm, k);
@@ -1835,6 +1878,7 @@ static void step_free(struct cuda_step *st)
     case STEP_GEMM:
         free(st->u.gemm.a_off);
         free(st->u.gemm.b_off);
+        free(st->u.gemm.y_off);
         if (st->u.gemm.ptrs)
             cudaFree(st->u.gemm.ptrs);
         break;
@@ -1952,13 +1996,20 @@ static int device_cuda_load(struct etf_device *dev, const struct etf_model_desc 
         rc = lib_fail(&b, rc);
         goto done;
     }
+    if (etf__views_plan(plan, d->views, &b.views)) {
+        rc = etf_diagf(diag, ETF_ENOMEM, "device cuda: out of memory");
+        goto done;
+    }
+    if (d->log_algos && b.views.n_skipped)
+        fprintf(stderr, "device cuda: %zu of %zu kernels read in place (views)\n",
+                b.views.n_skipped, plan->n_kernels);
     analyse(&b);
     for (size_t i = 0; i < plan->n_inputs && rc == 0; i++) {
         int s = plan->inputs[i];
         struct cuda_val *cv = &b.vals[s];
         if (cv->block < 0)
-            cv->block =
-                block_new(&b, etf__shape_elems(&plan->values[s].shape) * sizeof(float), 0, cv->last);
+            cv->block = block_new(&b, etf__shape_elems(&plan->values[s].shape) * sizeof(float), 0,
+                                  cv->last);
         if (cv->block < 0)
             rc = kfail(&b, ETF_ENOMEM, "out of memory");
     }
@@ -1991,6 +2042,7 @@ done:
     else
         ctx_close(&b.cx);
     free(b.vals);
+    etf__views_free(&b.views);
     free(b.blocks);
     free(b.patches);
     free(b.algos);
@@ -2098,9 +2150,7 @@ static int device_cuda_submit(struct etf_device *dev, struct etf_kernel_run *run
      * model) and leaves no sliver between kernels uncounted. Once the GPU has caught up, a
      * start event of its own keeps idle time out. */
     const struct inflight *prev =
-        d->n_inflight
-            ? &d->inflight[(d->inflight_head + d->n_inflight - 1) % MAX_INFLIGHT]
-            : NULL;
+        d->n_inflight ? &d->inflight[(d->inflight_head + d->n_inflight - 1) % MAX_INFLIGHT] : NULL;
     fl->begin = fl->start;
     if (prev && cudaEventQuery(prev->stop) == cudaErrorNotReady) {
         fl->begin = prev->stop;
@@ -2250,6 +2300,7 @@ static int device_cuda_open(const struct etf_device_config *cfg, struct etf_devi
     d->fuse = env_flag("ETF_CUDA_FUSE", true);
     d->log_algos = env_flag("ETF_CUDA_LOG", false);
     d->graphs = env_flag("ETF_CUDA_GRAPHS", true);
+    d->views = env_flag("ETF_CUDA_VIEWS", true);
     struct errbuf e = {{0}};
     int rc = 0;
     cudaError_t st = cudaSetDevice(ordinal);
@@ -2264,7 +2315,7 @@ static int device_cuda_open(const struct etf_device_config *cfg, struct etf_devi
     if (rc == 0) {
         /* cfg->threads: the host threads that copy tasks' inputs and outputs */
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        unsigned threads = cfg && cfg->threads > 0 ? (unsigned)cfg->threads
+        unsigned threads = cfg && cfg->threads > 0             ? (unsigned)cfg->threads
                            : cores >= 2 * DEFAULT_COPY_THREADS ? DEFAULT_COPY_THREADS
                            : cores >= 2                        ? (unsigned)(cores / 2)
                                                                : 1;
