@@ -606,9 +606,9 @@ static void concat_many_inputs(void **state)
     check_plan(&b);
 }
 
-/* The exporter's attention block: thirteen of its nineteen kernels are read in place
+/* The exporter's attention block: eleven of its nineteen kernels are read in place
  * (src/device/views.c), products reading heads, K^T and scalings through strides and
- * writing the merged heads and the batch-first result where the transposes would. */
+ * writing the merged heads where the transpose would. */
 static void attention_block_read_in_place(void **state)
 {
     NEED_GPU();

@@ -201,10 +201,13 @@ static void attention_runs_only_its_products_softmax_and_residual(void **state)
     for (size_t k = 0; k < b.p.n_kernels; k++)
         printf("    %s %s%s\n", b.p.kernels[k].name, etf__plan_op_name(b.p.kernels[k].op),
                vw.skip[k] ? " (read in place)" : "");
-    const int skipped[] = {a.k_to_seq,   a.k_split,    a.k_pick[0],  a.k_pick[1], a.k_pick[2],
-                           a.k_heads[0], a.k_heads[1], a.k_heads[2], a.k_scale_q, a.k_kt,
-                           a.k_scale_k,  a.k_merge,    a.k_to_batch};
-    const int kept[] = {a.k_proj, a.k_scores, a.k_softmax, a.k_context, a.k_out_proj, a.k_residual};
+    /* The batch-first transposes run: read in place, they would split a one-GEMM projection
+     * into a batch of small ones (slower than the transpose it saves). */
+    const int skipped[] = {a.k_split,    a.k_pick[0],  a.k_pick[1],  a.k_pick[2],
+                           a.k_heads[0], a.k_heads[1], a.k_heads[2], a.k_scale_q,
+                           a.k_kt,       a.k_scale_k,  a.k_merge};
+    const int kept[] = {a.k_to_seq,  a.k_proj,     a.k_scores,   a.k_softmax,
+                        a.k_context, a.k_out_proj, a.k_to_batch, a.k_residual};
     for (size_t i = 0; i < sizeof skipped / sizeof *skipped; i++)
         assert_true(vw.skip[skipped[i]]);
     for (size_t i = 0; i < sizeof kept / sizeof *kept; i++)
@@ -271,6 +274,36 @@ static void transposes_that_other_kernels_read_run(void **state)
     pb_free(&b);
 }
 
+/* A batched product writing [S*B, E] rows into a [B, S, E] place: its rows are not evenly
+ * spaced there, so M splits into S batches of B rows. */
+static void rows_split_into_batches_to_write_through(void **state)
+{
+    (void)state;
+    struct pb b = {.seed = 7};
+    int x = pb_in(&b, SH(2, 12, 5)), w = pb_const(&b, SH(2, 5, 5));
+    int y = pb_act(&b, SH(2, 12, 5)), t = pb_act(&b, SH(2, 4, 3, 5)),
+        s = pb_act(&b, SH(2, 4, 3, 5));
+    pb_kernel(&b, ETF_K_MATMUL, y, IDS(x, w));
+    int y4 = pb_alias(&b, y, SH(2, 3, 4, 5));
+    attention_perm(pb_kernel(&b, ETF_K_TRANSPOSE, t, IDS(y4)), 0, 2, 1, 3);
+    pb_kernel(&b, ETF_K_SOFTMAX, s, IDS(t))->attr.axis.axis = 3;
+    pb_out(&b, s);
+    struct etf__views vw;
+    assert_int_equal(etf__views_plan(&b.p, true, &vw), 0);
+    assert_true(vw.skip[1]);
+    assert_int_equal(vw.of[y].base, t);
+    struct etf__view_product pr;
+    bool oom;
+    assert_true(
+        etf__view_product(&b.p, &b.p.kernels[0], &vw.of[x], &vw.of[w], &vw.of[y], &pr, &oom));
+    assert_int_equal(pr.batch, 6);
+    assert_int_equal(pr.m, 4);
+    etf__view_product_free(&pr);
+    run_and_check(&b, &vw);
+    etf__views_free(&vw);
+    pb_free(&b);
+}
+
 /* A product by a 0/1 matrix that picks no evenly spaced indexes is a real product. */
 static void uneven_picks_are_products(void **state)
 {
@@ -306,6 +339,7 @@ int main(void)
         cmocka_unit_test(attention_runs_only_its_products_softmax_and_residual),
         cmocka_unit_test(nothing_is_skipped_when_not_allowed),
         cmocka_unit_test(transposes_that_other_kernels_read_run),
+        cmocka_unit_test(rows_split_into_batches_to_write_through),
         cmocka_unit_test(uneven_picks_are_products),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

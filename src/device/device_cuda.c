@@ -1016,8 +1016,7 @@ static int build_matmul(struct build *b)
     g->ldy = (int)my.ld;
     g->alpha = pr.scale;
     bool pointers = ma.offset || mw.offset || my.offset;
-    if (Bp == 1 || (!pointers && mw.batch_stride == 0 && !ma.transposed &&
-                    ma.batch_stride == Mp * ma.ld && my.batch_stride == Mp * my.ld)) {
+    if (etf__view_product_is_one(&pr)) {
         /* shared weights and evenly stacked rows: the batch is more rows of one product */
         g->mode = GEMM_ONE;
         g->m = (int)(Mp * Bp);

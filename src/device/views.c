@@ -348,6 +348,14 @@ bool etf__view_product(const struct etf_plan *p, const struct etf_kernel *kn,
     return false;
 }
 
+bool etf__view_product_is_one(const struct etf__view_product *pr)
+{
+    const struct etf__view_matrix *a = &pr->a, *w = &pr->w, *y = &pr->y;
+    return pr->batch == 1 ||
+           (!a->offset && !w->offset && !y->offset && w->batch_stride == 0 && !a->transposed &&
+            a->batch_stride == pr->m * a->ld && y->batch_stride == pr->m * y->ld);
+}
+
 void etf__view_product_free(struct etf__view_product *pr)
 {
     etf__view_matrix_free(&pr->a);
@@ -522,14 +530,28 @@ static bool view_of(struct analysis *an, int v)
  * current views. */
 static bool product_takes(struct analysis *an, size_t k, bool *oom)
 {
-    const struct etf_kernel *kn = &an->p->kernels[k];
-    if (!view_of(an, kn->inputs[0]) || !view_of(an, kn->inputs[1]) || !view_of(an, kn->output))
+    const struct etf_plan *p = an->p;
+    const struct etf_kernel *kn = &p->kernels[k];
+    int a = kn->inputs[0], w = kn->inputs[1], y = kn->output;
+    if (!view_of(an, a) || !view_of(an, w) || !view_of(an, y))
         return false;
-    struct etf__view_product pr;
-    bool ok = etf__view_product(an->p, kn, &an->view[kn->inputs[0]], &an->view[kn->inputs[1]],
-                                &an->view[kn->output], &pr, oom);
+    struct etf__view_product pr, plain;
+    bool ok = etf__view_product(p, kn, &an->view[a], &an->view[w], &an->view[y], &pr, oom);
+    /* A product that is one GEMM on contiguous operands stays one: split into batches of a
+     * few rows (a sequence-first view of a batch-first input) it loses more time than the
+     * transpose it saves (measured on the H100: 0.22 against 0.19 + 0.02 ms). */
+    if (ok) {
+        struct etf__view va, vw, vy;
+        etf__view_contiguous(&va, a, &p->values[a].shape);
+        etf__view_contiguous(&vw, w, &p->values[w].shape);
+        etf__view_contiguous(&vy, y, &p->values[y].shape);
+        if (etf__view_product(p, kn, &va, &vw, &vy, &plain, oom) &&
+            etf__view_product_is_one(&plain))
+            ok = etf__view_product_is_one(&pr);
+        etf__view_product_free(&plain);
+    }
     etf__view_product_free(&pr);
-    return ok;
+    return ok && !*oom;
 }
 
 /* Whether every reader of value v (and of the values aliasing it) can read its view:

@@ -105,6 +105,10 @@ bool etf__view_product(const struct etf_plan *p, const struct etf_kernel *kn,
                        const struct etf__view *vy, struct etf__view_product *out, bool *oom);
 void etf__view_product_free(struct etf__view_product *pr);
 
+/* Whether the product is one GEMM: one batch, or batches that are more rows of one product
+ * (weights shared, a and y stacked evenly, a not transposed). */
+bool etf__view_product_is_one(const struct etf__view_product *pr);
+
 /* What a device does with a plan's kernels and values. */
 struct etf__views {
     struct etf__view *of; /* per value: where its elements are */
