@@ -343,6 +343,34 @@ static void conv_without_fusion(void **state)
     unsetenv("ETF_CUDA_FUSE");
 }
 
+/* Both convolution paths, whichever is faster here: every convolution through cuDNN's graph
+ * API where it has an engine (fused epilogues, a plain graph before the pointwise kernel),
+ * then none. */
+static void conv_paths_forced(const char *mode)
+{
+    setenv("ETF_CUDA_CONV_GRAPH", mode, 1);
+    conv_case(16, 12, 32, 3, 1, 1, 1, 1, true);
+    conv_case(3, 32, 16, 7, 2, 3, 1, 1, true);
+    conv_case(32, 10, 32, 3, 2, 1, 1, 32, true);
+    conv_case(16, 9, 32, 3, 1, 1, 1, 4, false);
+    residual_blocks(true);
+    conv_pair_with_post(ETF_ELT_RELU, 0.f, 0.f);
+    conv_pair_with_post(ETF_ELT_SWISH, 0.f, 0.f);
+    unsetenv("ETF_CUDA_CONV_GRAPH");
+}
+
+static void conv_through_the_graph_api(void **state)
+{
+    NEED_GPU();
+    conv_paths_forced("always");
+}
+
+static void conv_through_the_legacy_api(void **state)
+{
+    NEED_GPU();
+    conv_paths_forced("0");
+}
+
 static void conv_sum_of_model_input(void **state)
 {
     NEED_GPU();
@@ -897,6 +925,8 @@ int main(void)
         cmocka_unit_test(conv_sum_relu_residual),
         cmocka_unit_test(conv_sum_relu_residual_read_later),
         cmocka_unit_test(conv_without_fusion),
+        cmocka_unit_test(conv_through_the_graph_api),
+        cmocka_unit_test(conv_through_the_legacy_api),
         cmocka_unit_test(conv_sum_of_model_input),
         cmocka_unit_test(conv_with_unfused_post_ops),
         cmocka_unit_test(conv_with_binary_post_ops),

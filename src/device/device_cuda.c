@@ -30,16 +30,21 @@
  * TF32 in both libraries (about 10 bits of mantissa in the products: faster, less exact).
  *
  * Kernels.
- *   CONV       cuDNN; cudnnConvolutionBiasActivationForward where its epilogue expresses the
+ *   CONV       cuDNN, by whichever of two paths ran the kernel faster at load (both timed
+ *              on the model's buffers, choose_conv_paths): the legacy API,
+ *              cudnnConvolutionBiasActivationForward where its epilogue expresses the
  *              post-ops (relu, or a residual sum then relu; identity only with the
  *              IMPLICIT_PRECOMP_GEMM algorithm, the only one cuDNN allows it with), else
- *              cudnnConvolutionForward and one pointwise kernel for bias and post-ops.
- *              Asymmetric padding, which cuDNN's descriptors cannot express, pads the input
- *              into a temporary first.
+ *              cudnnConvolutionForward and one pointwise kernel for bias and post-ops; or the
+ *              graph API (cuda_conv_graph.c), whose engines include the fp32 implicit-GEMM
+ *              kernels the legacy algorithms do not reach, with bias, residual and relu
+ *              fused where it has an engine for them. Asymmetric padding, which cuDNN's
+ *              descriptors cannot express, pads the input into a temporary first.
  *   MATMUL     cuBLAS sgemm on row-major data (computing y^T = b^T a^T in column-major
  *              terms): one gemm when the right operand has no batch (batch folded into M),
- *              strided batches, or pointer arrays for partial broadcasts; bias and post-ops
- *              in one pointwise kernel.
+ *              strided batches, or pointer arrays; operands are read through strided views
+ *              (views.h), so that transposes, one-hot gathers and scalings that only products
+ *              read run nothing; bias and post-ops in one pointwise kernel.
  *   POOL       cuDNN pooling for symmetric windows, a row mean for global averages, a
  *              custom kernel for asymmetric (ceil-mode) padding.
  *   others     custom kernels: pointwise (batchnorm, eltwise, binary broadcasting and every
@@ -56,11 +61,14 @@
  *
  * Environment: ETF_CUDA_DEVICE (GPU ordinal, default 0), ETF_CUDA_TF32=1 (allow TF32),
  * ETF_CUDA_FUSE=0 (never use cuDNN's fused convolution epilogue, for diagnosis), ETF_CUDA_LOG=1
- * (write each convolution's algorithm (cudnnConvolutionFwdAlgo_t) and epilogue at load),
+ * (write each convolution's algorithm (cudnnConvolutionFwdAlgo_t), epilogue and chosen path,
+ * and the number of kernels read in place, at load),
  * ETF_CUDA_GRAPHS=0 (enqueue every step with its library call instead of one CUDA graph per
- * kernel).
+ * kernel), ETF_CUDA_VIEWS=0 (run every transpose, gather and scaling), ETF_CUDA_CONV_GRAPH=0
+ * (legacy convolutions only; "always": the graph API wherever it has an engine).
  */
 #include "device/arena.h"
+#include "device/cuda_conv_graph.h"
 #include "device/device.h"
 #include "device/cuda_kernels.h"
 #include "device/views.h"
@@ -220,6 +228,9 @@ struct cuda_device {
     bool log_algos; /* each convolution's choice is written to stderr at load */
     bool graphs;    /* kernels are captured into CUDA graphs at load */
     bool views;     /* kernels that only re-index may be read in place (views.h) */
+    /* Convolutions through cuDNN's graph API: never, where faster (the default), or always
+     * where it has an engine (for tests of that path). */
+    enum { CONV_GRAPH_OFF, CONV_GRAPH_FASTER, CONV_GRAPH_ALWAYS } conv_graph;
     struct exec_ctx cx;
     struct inflight inflight[MAX_INFLIGHT]; /* a ring: n_inflight from inflight_head */
     size_t inflight_head, n_inflight;
@@ -262,6 +273,13 @@ struct conv_step {
     float alpha2; /* 1 with a fused residual z, else 0 */
     const float *x, *w, *bias, *z;
     float *y;
+    /* The same convolution planned with cuDNN's graph API (cuda_conv_graph.h), owned by the
+     * model; used instead when it ran faster at load (choose_conv_paths). graph_fused: its
+     * graph adds the bias (gbias: the plan's, or zeros), the residual gz and the relu, so that
+     * the epilogue step does not run. */
+    const struct etf__conv_graph *graph;
+    bool graph_fused, use_graph;
+    const float *gbias, *gz;
 };
 
 enum gemm_mode { GEMM_ONE, GEMM_STRIDED, GEMM_POINTERS };
@@ -355,6 +373,8 @@ struct etf_dmodel {
      * kernels in a graph use the workspace of the handle they were captured with. */
     struct exec_ctx capture_ctx;
     size_t n_graphs;
+    struct etf__conv_graph **conv_graphs; /* graph-API plans, one per distinct convolution */
+    size_t n_conv_graphs, cap_conv_graphs;
     struct cuda_io *in, *out;
     /* A slot is busy from its task's first kernel until the fence after its last. */
     bool slot_busy[STAGING_SLOTS];
@@ -388,6 +408,14 @@ struct algo_choice {
     size_t ws_bytes;
 };
 
+/* A graph-API plan made for a convolution shape and epilogue, for the next one alike: its
+ * index in the model's conv_graphs, or -1 when cuDNN had no engine for it. */
+struct graph_choice {
+    int key[17];
+    struct etf__conv_graph_desc desc;
+    int index;
+};
+
 struct build {
     struct cuda_device *dev;
     const struct etf_plan *plan;
@@ -405,6 +433,8 @@ struct build {
     size_t n_patches, cap_patches;
     struct algo_choice *algos;
     size_t n_algos, cap_algos;
+    struct graph_choice *graph_plans;
+    size_t n_graph_plans, cap_graph_plans;
     size_t const_bytes, zeros; /* weights buffer size so far; zero floats needed */
     size_t k;
     const struct etf_kernel *kn;
@@ -788,6 +818,84 @@ static int int_dim(struct build *b, int64_t d, int *out)
     return 0;
 }
 
+/* The graph-API plan for desc, made once per distinct shape and epilogue: its index in the
+ * model's conv_graphs, or -1 when cuDNN has no engine for it. */
+static int graph_plan(struct build *b, const int *key, const struct etf__conv_graph_desc *desc,
+                      int *index)
+{
+    for (size_t i = 0; i < b->n_graph_plans; i++)
+        if (memcmp(b->graph_plans[i].key, key, sizeof b->graph_plans[i].key) == 0 &&
+            memcmp(&b->graph_plans[i].desc, desc, sizeof *desc) == 0) {
+            *index = b->graph_plans[i].index;
+            return 0;
+        }
+    struct etf_dmodel *dm = b->dm;
+    if (etf__reserve(&b->graph_plans, b->n_graph_plans, &b->cap_graph_plans, sizeof *b->graph_plans,
+                     32) ||
+        etf__reserve(&dm->conv_graphs, dm->n_conv_graphs, &dm->cap_conv_graphs,
+                     sizeof *dm->conv_graphs, 32))
+        return kfail(b, ETF_ENOMEM, "out of memory");
+    struct etf__conv_graph *g = NULL;
+    char why[200];
+    int rc = etf__conv_graph_create(b->cx.cudnn, desc, b->dev->tf32, WORKSPACE_LIMIT, &g, why,
+                                    sizeof why);
+    if (rc && rc != ETF_ENOTSUP)
+        return kfail(b, rc, "graph-API convolution: %s", why);
+    *index = rc ? -1 : (int)dm->n_conv_graphs;
+    if (g)
+        dm->conv_graphs[dm->n_conv_graphs++] = g;
+    struct graph_choice *gc = &b->graph_plans[b->n_graph_plans++];
+    memcpy(gc->key, key, sizeof gc->key);
+    gc->desc = *desc;
+    gc->index = *index;
+    return 0;
+}
+
+/* Plans convolution c with the graph API too: with the kernel's epilogue when the graph
+ * expresses it (bias, then a residual sum, then relu), else plain. */
+static int plan_conv_graph(struct build *b, struct conv_step *c, const int *key, const int *xd,
+                           const int *wd, const int *yd, const int *pad, const int *stride,
+                           const int *dil, int groups, bool sum_first, bool relu_last)
+{
+    const struct etf_kernel *kn = b->kn;
+    struct etf__conv_graph_desc d = {.n = xd[0],
+                                     .c = xd[1],
+                                     .h = xd[2],
+                                     .w = xd[3],
+                                     .k = wd[0],
+                                     .kh = wd[2],
+                                     .kw = wd[3],
+                                     .groups = groups,
+                                     .pad_h = pad[0],
+                                     .pad_w = pad[1],
+                                     .stride_h = stride[0],
+                                     .stride_w = stride[1],
+                                     .dil_h = dil[0],
+                                     .dil_w = dil[1],
+                                     .out_h = yd[2],
+                                     .out_w = yd[3]};
+    /* cuDNN fuses relu or a residual only after a bias: a missing bias is zeros. */
+    bool expressible = kn->n_post == (int)sum_first + (int)relu_last;
+    int index = -1;
+    if (expressible) {
+        struct etf__conv_graph_desc fused = d;
+        fused.bias = true;
+        fused.residual = sum_first;
+        fused.relu = relu_last;
+        TRY(graph_plan(b, key, &fused, &index));
+        c->graph_fused = index >= 0;
+    }
+    if (index < 0)
+        TRY(graph_plan(b, key, &d, &index));
+    if (index < 0)
+        return 0;
+    c->graph = b->dm->conv_graphs[index];
+    size_t ws = etf__conv_graph_workspace(c->graph);
+    if (ws > b->dm->ws_bytes)
+        b->dm->ws_bytes = ws;
+    return 0;
+}
+
 static int build_conv(struct build *b)
 {
     const struct etf_kernel *kn = b->kn;
@@ -895,12 +1003,25 @@ static int build_conv(struct build *b)
                    (kn->n_post == 1 && sum_first && precomp);
     c->fused = b->dev->fuse && pattern;
     bool need_epilogue = bias >= 0 || kn->n_post > 0;
+    if (b->dev->conv_graph)
+        TRY(plan_conv_graph(b, c, key, xd, wd, yd, pad, stride, dil, groups, sum_first, relu_last));
     if (b->dev->log_algos)
         fprintf(stderr, "device cuda: %s: algorithm %d, workspace %zu bytes, epilogue %s\n",
                 kn->name, (int)c->algo, c->ws_bytes,
                 c->fused        ? "fused"
                 : need_epilogue ? "separate"
                                 : "none");
+    if (c->graph_fused) {
+        if (bias >= 0) {
+            TRY(bind_in(b, &c->gbias, bias));
+        } else {
+            if ((size_t)O > b->zeros)
+                b->zeros = (size_t)O;
+            TRY(patch_add(b, true, (void *)&c->gbias, PATCH_ZEROS, 0));
+        }
+        if (sum_first)
+            TRY(bind_in(b, &c->gz, po[0].value));
+    }
     if (c->fused) {
         CK_CUDNN(&b->err, cudnnCreateActivationDescriptor(&c->act_desc));
         CK_CUDNN(&b->err, cudnnSetActivationDescriptor(c->act_desc,
@@ -936,7 +1057,7 @@ static int build_conv(struct build *b)
     int64_t y64[4] = {yd[0], yd[1], yd[2], yd[3]};
     struct cuda_step *es;
     STEP(b, es, STEP_POINTWISE);
-    es->unfused_only = c->fused;
+    es->unfused_only = true; /* skipped when the convolution's path fused it */
     struct etfk_pointwise *p = &es->u.pw;
     TRY(pointwise_init(b, p, 4, y64, 0));
     p->a.mode = ETFK_BC_FULL;
@@ -1536,6 +1657,13 @@ static int run_step(const struct exec_ctx *cx, const struct etf_dmodel *dm,
     switch (st->kind) {
     case STEP_CONV: {
         const struct conv_step *c = &st->u.conv;
+        if (c->use_graph) {
+            *conv_fused = c->graph_fused;
+            int rc = etf__conv_graph_run(cx->cudnn, c->graph, c->x, c->w,
+                                         c->graph_fused ? c->gbias : NULL, c->gz, c->y,
+                                         dm->workspace, cx->err->msg, sizeof cx->err->msg);
+            return rc;
+        }
         *conv_fused = c->fused;
         if (c->fused)
             CK_CUDNN(cx->err, cudnnConvolutionBiasActivationForward(
@@ -1821,6 +1949,77 @@ static int warm_up(struct build *b)
  * instead of one library call per step (cuDNN's host-side work per call is several
  * microseconds, more than many batch-1 kernels take on the GPU). A kernel whose capture
  * fails keeps being enqueued step by step. */
+/* Kernel k's GPU time in ms, its steps captured into a CUDA graph and replayed (so that
+ * host launch costs stay out, as they do once the kernel's own graph runs); a negative
+ * value when it cannot be captured or fails. */
+static float time_kernel(struct build *b, size_t k)
+{
+    enum { RUNS = 3 };
+    cudaStream_t s = b->cx.stream;
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    cudaEvent_t start = NULL, stop = NULL;
+    float ms = -1.f;
+    if (cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) != cudaSuccess)
+        return ms;
+    int rc = exec_kernel(&b->cx, b->dm, k);
+    cudaError_t st = cudaStreamEndCapture(s, &graph);
+    if (rc == 0 && st == cudaSuccess && graph &&
+        cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess &&
+        cudaEventCreate(&start) == cudaSuccess && cudaEventCreate(&stop) == cudaSuccess &&
+        cudaGraphLaunch(exec, s) == cudaSuccess && cudaEventRecord(start, s) == cudaSuccess) {
+        bool ok = true;
+        for (int i = 0; i < RUNS && ok; i++)
+            ok = cudaGraphLaunch(exec, s) == cudaSuccess;
+        if (ok && cudaEventRecord(stop, s) == cudaSuccess &&
+            cudaEventSynchronize(stop) == cudaSuccess &&
+            cudaEventElapsedTime(&ms, start, stop) == cudaSuccess)
+            ms /= RUNS;
+        else
+            ms = -1.f;
+    }
+    if (exec)
+        cudaGraphExecDestroy(exec);
+    if (graph)
+        cudaGraphDestroy(graph);
+    if (start)
+        cudaEventDestroy(start);
+    if (stop)
+        cudaEventDestroy(stop);
+    cudaStreamSynchronize(s);
+    cudaGetLastError(); /* a failed capture or launch leaves its error behind */
+    b->err.msg[0] = '\0';
+    return ms;
+}
+
+/* Each convolution that has a graph-API plan runs the way that was faster here: its whole
+ * kernel (padding, convolution, epilogue) timed both ways on the model's own buffers. Neither
+ * path wins everywhere (the graph engines are faster on most fp32 shapes of the H100, the
+ * legacy Winograd on some 3x3 ones, the legacy kernels on some depthwise ones). */
+static void choose_conv_paths(struct build *b)
+{
+    struct etf_dmodel *dm = b->dm;
+    for (size_t k = 0; k < dm->n_kernels; k++) {
+        struct cuda_kernel *ck = &dm->kernels[k];
+        struct conv_step *c = NULL;
+        for (int i = 0; i < ck->n_steps && !c; i++)
+            if (ck->steps[i].kind == STEP_CONV && ck->steps[i].u.conv.graph)
+                c = &ck->steps[i].u.conv;
+        if (!c)
+            continue;
+        float legacy = time_kernel(b, k);
+        c->use_graph = true;
+        float graph = time_kernel(b, k);
+        c->use_graph = graph > 0.f &&
+                       (legacy <= 0.f || graph < legacy || b->dev->conv_graph == CONV_GRAPH_ALWAYS);
+        if (b->dev->log_algos)
+            fprintf(stderr, "device cuda: %s: legacy %.4f ms, graph API %.4f ms%s: %s\n",
+                    b->plan->kernels[k].name, (double)legacy, (double)graph,
+                    c->graph_fused ? " (epilogue fused)" : "",
+                    c->use_graph ? etf__conv_graph_describe(c->graph) : "legacy kept");
+    }
+}
+
 static void capture_graphs(struct build *b)
 {
     struct etf_dmodel *dm = b->dm;
@@ -1925,6 +2124,9 @@ static void device_cuda_unload(struct etf_device *dev, struct etf_dmodel *dm)
     }
     free(dm->in);
     free(dm->out);
+    for (size_t i = 0; i < dm->n_conv_graphs; i++)
+        etf__conv_graph_destroy(dm->conv_graphs[i]);
+    free(dm->conv_graphs);
     ctx_close(&dm->capture_ctx);
     free(dm);
 }
@@ -2030,6 +2232,8 @@ static int device_cuda_load(struct etf_device *dev, const struct etf_model_desc 
     }
     if (rc == 0)
         rc = warm_up(&b);
+    if (rc == 0)
+        choose_conv_paths(&b);
     if (rc == 0 && d->graphs)
         capture_graphs(&b);
 
@@ -2045,6 +2249,7 @@ done:
     free(b.blocks);
     free(b.patches);
     free(b.algos);
+    free(b.graph_plans);
     if (rc) {
         device_cuda_unload(dev, dm);
         return rc;
@@ -2300,6 +2505,10 @@ static int device_cuda_open(const struct etf_device_config *cfg, struct etf_devi
     d->log_algos = env_flag("ETF_CUDA_LOG", false);
     d->graphs = env_flag("ETF_CUDA_GRAPHS", true);
     d->views = env_flag("ETF_CUDA_VIEWS", true);
+    const char *cg = getenv("ETF_CUDA_CONV_GRAPH");
+    d->conv_graph = cg && strcmp(cg, "always") == 0         ? CONV_GRAPH_ALWAYS
+                    : env_flag("ETF_CUDA_CONV_GRAPH", true) ? CONV_GRAPH_FASTER
+                                                            : CONV_GRAPH_OFF;
     struct errbuf e = {{0}};
     int rc = 0;
     cudaError_t st = cudaSetDevice(ordinal);
