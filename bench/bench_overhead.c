@@ -172,9 +172,8 @@ static void on_done(void *arg, const struct etf_task_record *rec)
         atomic_fetch_add(&bm->done_in_window, 1);
     if (atomic_load(&b->stopping))
         return;
-    struct etf_request req = {.mid = bm->mid,
-                              .io = &bm->sets[(uintptr_t)rec->user % IN_FLIGHT].io,
-                              .user = rec->user};
+    struct etf_request req = {
+        .mid = bm->mid, .io = &bm->sets[(uintptr_t)rec->user % IN_FLIGHT].io, .user = rec->user};
     etf_submit(b->sched, &req, NULL, NULL);
 }
 
@@ -184,8 +183,12 @@ static int scheduled(struct bench *b, struct etf_device *dev, double seconds)
     struct etf_freq *freq = NULL;
     if (etf_freq_open("none", NULL, &freq, &diag))
         return fail("freq", &diag);
-    struct etf_sched_config cfg = {.quantum_ns = 40000000, .phi = 1, .device = dev, .freq = freq,
-                                   .on_done = on_done, .on_done_arg = b};
+    struct etf_sched_config cfg = {.quantum_ns = 40000000,
+                                   .phi = 1,
+                                   .device = dev,
+                                   .freq = freq,
+                                   .on_done = on_done,
+                                   .on_done_arg = b};
     int rc = 1;
     if (etf_sched_create(&cfg, &b->sched, &diag)) {
         fail("scheduler", &diag);
@@ -211,7 +214,8 @@ static int scheduled(struct bench *b, struct etf_device *dev, double seconds)
     atomic_store(&b->counting, true);
     for (size_t i = 0; i < b->n_models; i++)
         for (uintptr_t s = 0; s < IN_FLIGHT; s++) {
-            struct etf_request req = {.mid = b->models[i].mid, .io = &b->models[i].sets[s].io,
+            struct etf_request req = {.mid = b->models[i].mid,
+                                      .io = &b->models[i].sets[s].io,
                                       .user = (void *)(i * IN_FLIGHT + s)};
             if (etf_submit(b->sched, &req, NULL, &diag)) {
                 fail("submit", &diag);
@@ -239,8 +243,11 @@ static int scheduled(struct bench *b, struct etf_device *dev, double seconds)
     }
     double busy = (double)(after.busy_ns - before.busy_ns) / (double)wall;
     uint64_t turns = after.turns - before.turns, fences = after.fences - before.fences;
-    printf("scheduled: device busy %.1f%% of wall time, %.1f turns/s, %.1f fences/s\n",
-           100 * busy, (double)turns * 1e9 / (double)wall, (double)fences * 1e9 / (double)wall);
+    uint64_t prepares = after.prepares - before.prepares;
+    printf("scheduled: device busy %.1f%% of wall time, %.1f turns/s, %.1f fences/s, "
+           "%.1f prepares/s\n",
+           100 * busy, (double)turns * 1e9 / (double)wall, (double)fences * 1e9 / (double)wall,
+           (double)prepares * 1e9 / (double)wall);
     printf("throughput against back-to-back: %.3f (overhead %.2f%%)\n", work / seconds,
            100 * (1 - work / seconds));
     rc = 0;

@@ -904,6 +904,60 @@ static void launch_without_io_runs_and_keeps_buffers(void **state)
     pb_free(&b);
 }
 
+/* Tasks whose inputs were staged ahead by `prepare`: one whose staging another task took
+ * over (staged again at its submit), one run from its staged slot, and a hint for a task
+ * that never comes; each computes from its own inputs. */
+static void prepared_inputs_feed_their_own_task(void **state)
+{
+    NEED_GPU();
+    struct pb b = {.seed = 46};
+    int x = pb_in(&b, SH(1, 8, 6, 6)), w = pb_const(&b, SH(4, 8, 3, 3));
+    int y = pb_act(&b, SH(1, 4, 6, 6));
+    pb_conv(&b, y, x, w, -1, 1, 1, 1, 1);
+    pb_out(&b, y);
+    pb_liveness(&b);
+    struct etf_device *d = open_cuda();
+    struct etf_dmodel *dm = load_plan(d, &b.p);
+    enum { TASKS = 4, IN = 288, OUT = 144 };
+    float in[TASKS][IN], out[TASKS][OUT], ref[TASKS][OUT];
+    const float *ins[TASKS][1];
+    float *outs[TASKS][1];
+    struct etf_task_io io[TASKS];
+    uint32_t seed = 3;
+    for (int t = 0; t < TASKS; t++) {
+        for (int i = 0; i < IN; i++)
+            in[t][i] = pb_rand(&seed);
+        ins[t][0] = in[t];
+        outs[t][0] = out[t];
+        float *refs[] = {ref[t]};
+        ref_run_plan(&b.p, ins[t], refs);
+        io[t] = (struct etf_task_io){.inputs = ins[t], .outputs = outs[t]};
+    }
+    struct etf_kernel_run runs[TASKS];
+    for (int t = 0; t < TASKS; t++)
+        runs[t] = (struct etf_kernel_run){.dm = dm, .kernel = 0, .io = &io[t], .task = 100 + t};
+    assert_true(etf__device_can_prepare(d));
+    etf__device_prepare(d, &runs[1]);
+    etf__device_prepare(d, &runs[2]); /* both slots hold staged inputs now */
+    /* Task 0 takes task 1's slot (dropping its staging), task 1 is staged again at its
+     * submit in the slot task 0 freed, task 2 runs from its own staged slot. */
+    assert_int_equal(etf__device_submit(d, &runs[0]), 0);
+    assert_int_equal(etf__device_fence(d, SIZE_MAX), 0);
+    assert_int_equal(etf__device_submit(d, &runs[1]), 0);
+    assert_int_equal(etf__device_submit(d, &runs[2]), 0);
+    assert_int_equal(etf__device_submit(d, &runs[3]), ETF_EBUSY); /* both slots in flight */
+    assert_int_equal(etf__device_fence(d, SIZE_MAX), 0);
+    etf__device_prepare(d, &runs[3]); /* never submitted: its slot is taken as any free one */
+    for (int t = 0; t < 3; t++) {
+        char what[32];
+        snprintf(what, sizeof what, "task %d", t);
+        expect_close(out[t], ref[t], OUT, what);
+    }
+    etf__device_unload(d, dm);
+    etf_device_close(d);
+    pb_free(&b);
+}
+
 int main(void)
 {
     int count = 0;
@@ -955,6 +1009,7 @@ int main(void)
         cmocka_unit_test(random_networks_match_the_reference),
         cmocka_unit_test(unsupported_plan_is_enotsup_naming_the_kernel),
         cmocka_unit_test(launch_without_io_runs_and_keeps_buffers),
+        cmocka_unit_test(prepared_inputs_feed_their_own_task),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -311,6 +311,7 @@ int etf_model_kernel_stats(struct etf_sched *s, uint64_t mid, size_t k, uint64_t
 struct etf_sched_stats {
     uint64_t dispatches;  /* kernels launched */
     uint64_t fences;      /* waits for an asynchronous device (0 on a synchronous one) */
+    uint64_t prepares;    /* next turns' tasks hinted to the device before a turn drained */
     uint64_t turns;       /* entity picks */
     uint64_t allocations; /* slice recomputations */
     uint64_t freq_switches;

@@ -120,6 +120,17 @@ int etf__device_fence(struct etf_device *dev, size_t n)
     return dev->ops->fence(dev, n);
 }
 
+bool etf__device_can_prepare(const struct etf_device *dev)
+{
+    return dev->ops->prepare != NULL;
+}
+
+void etf__device_prepare(struct etf_device *dev, const struct etf_kernel_run *run)
+{
+    if (dev->ops->prepare)
+        dev->ops->prepare(dev, run);
+}
+
 void etf__device_unload(struct etf_device *dev, struct etf_dmodel *dm)
 {
     dev->ops->unload(dev, dm);

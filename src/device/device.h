@@ -29,6 +29,7 @@ struct etf_kernel_run {
      * benchmarks). Kernels of one model never interleave between tasks: a model belongs to
      * one entity, whose queue runs a task to its end before the next. */
     const struct etf_task_io *io;
+    uint64_t task;    /* the task's id (0 = none): matches inputs staged by `prepare` */
     uint64_t busy_ns; /* out: device time the kernel took */
 };
 
@@ -40,8 +41,8 @@ struct etf_device_ops {
     /* Prepares a model to run: weights uploaded, workspace allocated. May block for a long
      * time; called without the scheduler lock, never concurrently with launch on the same
      * model. *out belongs to the device until unload. */
-    int (*load)(struct etf_device *dev, const struct etf_model_desc *desc,
-                struct etf_dmodel **out, struct etf_diag *diag);
+    int (*load)(struct etf_device *dev, const struct etf_model_desc *desc, struct etf_dmodel **out,
+                struct etf_diag *diag);
     /* Runs one kernel and fills run->busy_ns. Called only from the dispatching thread,
      * without the scheduler lock; blocks for the kernel's duration. On a device with
      * `fence`, also waits for (and completes) everything submitted before. */
@@ -58,6 +59,14 @@ struct etf_device_ops {
      * flight. On failure, every submitted run is lost (busy_ns unset, outputs unwritten)
      * and the device takes new work again. */
     int (*fence)(struct etf_device *dev, size_t n);
+    /* Optional, with `submit`: a hint that the task of run (its kernel 0, with io and task
+     * set) will start soon. The device may take the host-side work of starting it now, such
+     * as copying its inputs into staging buffers, so that the submit of its first kernel
+     * does not hold the device idle for it; the dispatcher calls it while the device still
+     * runs earlier kernels. Staging nothing is fine (no room free). run is read during the
+     * call only; io must stay valid until the task's first kernel is submitted or the task
+     * ends. Same thread rules as submit; the scheduler lock may be held. */
+    void (*prepare)(struct etf_device *dev, const struct etf_kernel_run *run);
     /* Frees a loaded model; no launch of it is in flight. */
     void (*unload)(struct etf_device *dev, struct etf_dmodel *dm);
     void (*close)(struct etf_device *dev);
@@ -68,6 +77,10 @@ struct etf_device {
 };
 
 extern const struct etf_device_ops etf__device_sim_ops;
+/* The asynchronous sim device's record of prepare hints (for tests of the dispatcher): those
+ * that came while kernels were queued, and first kernels submitted for the task of the
+ * latest hint. */
+void etf__device_sim_hints(const struct etf_device *dev, uint64_t *hints, uint64_t *hits);
 #ifdef ETF_HAVE_DNNL
 /* Runs plans on the host CPU with oneDNN (device_cpu.c). */
 extern const struct etf_device_ops etf__device_cpu_ops;
@@ -81,6 +94,9 @@ int etf__device_launch(struct etf_device *dev, struct etf_kernel_run *run);
 bool etf__device_async(const struct etf_device *dev);
 int etf__device_submit(struct etf_device *dev, struct etf_kernel_run *run);
 int etf__device_fence(struct etf_device *dev, size_t n);
+/* Whether the device takes `prepare` hints, and the hint itself (a no-op without). */
+bool etf__device_can_prepare(const struct etf_device *dev);
+void etf__device_prepare(struct etf_device *dev, const struct etf_kernel_run *run);
 void etf__device_unload(struct etf_device *dev, struct etf_dmodel *dm);
 
 #endif

@@ -379,6 +379,10 @@ struct etf_dmodel {
     /* A slot is busy from its task's first kernel until the fence after its last. */
     bool slot_busy[STAGING_SLOTS];
     int open_slot; /* the slot of the task being submitted; -1 between tasks */
+    /* A free slot may hold the inputs of a task not started yet (prepare): its id, else 0.
+     * The task's first submit then uses them as they are; another task may take the slot
+     * (the staged copy is dropped: nothing on the GPU reads a slot before its task starts). */
+    uint64_t staged_task[STAGING_SLOTS];
 };
 
 /* ---- Load-time state ---- */
@@ -2301,9 +2305,11 @@ static int launch_enqueue(struct cuda_device *d, const struct etf_dmodel *dm, si
     return 0;
 }
 
-/* Takes a staging slot for a task whose first kernel is being submitted; ETF_EBUSY when
- * the device must be fenced first. */
-static int slot_take(struct cuda_device *d, struct etf_dmodel *dm, int *slot)
+/* Takes a staging slot for task `task` whose first kernel is being submitted: the one its
+ * inputs were prepared in (*staged set), else a free one, preferring one that holds no
+ * other task's inputs. ETF_EBUSY when the device must be fenced first. */
+static int slot_take(struct cuda_device *d, struct etf_dmodel *dm, uint64_t task, int *slot,
+                     bool *staged)
 {
     if (dm->open_slot >= 0) {
         /* The model's previous task stopped before its last kernel (it failed): its slot
@@ -2313,13 +2319,47 @@ static int slot_take(struct cuda_device *d, struct etf_dmodel *dm, int *slot)
         dm->slot_busy[dm->open_slot] = false;
         dm->open_slot = -1;
     }
-    for (int i = 0; i < STAGING_SLOTS; i++)
-        if (!dm->slot_busy[i]) {
-            dm->slot_busy[i] = true;
-            dm->open_slot = *slot = i;
-            return 0;
+    int pick = -1;
+    for (int i = 0; i < STAGING_SLOTS; i++) {
+        if (dm->slot_busy[i])
+            continue;
+        if (task && dm->staged_task[i] == task) {
+            pick = i;
+            break;
         }
-    return ETF_EBUSY; /* every slot waits for a fence: their last kernels are in flight */
+        if (pick < 0 || (dm->staged_task[pick] && !dm->staged_task[i]))
+            pick = i;
+    }
+    if (pick < 0)
+        return ETF_EBUSY; /* every slot waits for a fence: their last kernels are in flight */
+    *staged = task && dm->staged_task[pick] == task;
+    dm->staged_task[pick] = 0;
+    dm->slot_busy[pick] = true;
+    dm->open_slot = *slot = pick;
+    return 0;
+}
+
+/* Copies the inputs of a task that has not started into a free staging slot, when one holds
+ * no other task's inputs; its first submit then skips the copy. */
+static void device_cuda_prepare(struct etf_device *dev, const struct etf_kernel_run *run)
+{
+    struct etf_dmodel *dm = run->dm;
+    const struct etf_task_io *io = run->io;
+    if (!dm || run->kernel != 0 || !io || !run->task || (dm->plan->n_inputs && !io->inputs))
+        return;
+    int free_slot = -1;
+    for (int i = 0; i < STAGING_SLOTS; i++) {
+        if (dm->staged_task[i] == run->task && !dm->slot_busy[i])
+            return; /* staged already */
+        if (!dm->slot_busy[i] && !dm->staged_task[i] && free_slot < 0)
+            free_slot = i;
+    }
+    if (free_slot < 0)
+        return;
+    struct cuda_device *d = (struct cuda_device *)dev;
+    for (size_t i = 0; i < dm->plan->n_inputs; i++)
+        etf__copier_copy(d->copier, dm->in[i].host[free_slot], io->inputs[i], dm->in[i].bytes);
+    dm->staged_task[free_slot] = run->task;
 }
 
 static int device_cuda_submit(struct etf_device *dev, struct etf_kernel_run *run)
@@ -2339,13 +2379,14 @@ static int device_cuda_submit(struct etf_device *dev, struct etf_kernel_run *run
     if (d->n_inflight == MAX_INFLIGHT - 1)
         return ETF_EBUSY;
     int slot = io ? dm->open_slot : -1;
+    bool staged = false;
     if (io && first)
-        TRY(slot_take(d, dm, &slot));
+        TRY(slot_take(d, dm, run->task, &slot, &staged));
     if (io && slot < 0)
         return ETF_EINVAL; /* a task with buffers that did not start at kernel 0 */
     /* Host copies into the pinned staging buffers stay outside the timed region: they are
      * CPU work. */
-    for (size_t i = 0; io && first && i < p->n_inputs; i++)
+    for (size_t i = 0; io && first && !staged && i < p->n_inputs; i++)
         etf__copier_copy(d->copier, dm->in[i].host[slot], io->inputs[i], dm->in[i].bytes);
     struct inflight *fl = &d->inflight[(d->inflight_head + d->n_inflight) % MAX_INFLIGHT];
     /* While the previous kernel is still queued or running, this one starts on the GPU the
@@ -2555,6 +2596,7 @@ const struct etf_device_ops etf__device_cuda_ops = {
     .launch = device_cuda_launch,
     .submit = device_cuda_submit,
     .fence = device_cuda_fence,
+    .prepare = device_cuda_prepare,
     .unload = device_cuda_unload,
     .close = device_cuda_close,
 };

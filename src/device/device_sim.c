@@ -20,6 +20,9 @@ struct sim_device {
     /* Asynchronous: the submitted kernels, a ring of n_queued from head. */
     struct etf_kernel_run **queue;
     size_t depth, head, n_queued;
+    /* prepare hints, for tests of the dispatcher: how many came while kernels were queued,
+     * the latest one's task, and how many tasks started as the latest hint said */
+    uint64_t hints, hinted_task, hits;
 };
 
 static const struct etf_device_ops device_sim_queued_ops;
@@ -66,7 +69,8 @@ static int device_sim_load(struct etf_device *dev, const struct etf_model_desc *
 
 static void sleep_ns(uint64_t ns)
 {
-    struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u), .tv_nsec = (long)(ns % 1000000000u)};
+    struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u),
+                          .tv_nsec = (long)(ns % 1000000000u)};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
 }
@@ -118,8 +122,26 @@ static int device_sim_submit(struct etf_device *dev, struct etf_kernel_run *run)
         return rc;
     if (d->n_queued == d->depth)
         return ETF_EBUSY;
+    if (run->kernel == 0 && run->task && run->task == d->hinted_task)
+        d->hits++;
     d->queue[(d->head + d->n_queued++) % d->depth] = run;
     return 0;
+}
+
+/* Nothing to stage in a simulation: records the hint. */
+static void device_sim_prepare(struct etf_device *dev, const struct etf_kernel_run *run)
+{
+    struct sim_device *d = (struct sim_device *)dev;
+    if (d->n_queued)
+        d->hints++;
+    d->hinted_task = run->task;
+}
+
+void etf__device_sim_hints(const struct etf_device *dev, uint64_t *hints, uint64_t *hits)
+{
+    const struct sim_device *d = (const struct sim_device *)dev;
+    *hints = d->hints;
+    *hits = d->hits;
 }
 
 static int device_sim_fence(struct etf_device *dev, size_t n)
@@ -170,6 +192,7 @@ static const struct etf_device_ops device_sim_queued_ops = {
     .launch = device_sim_queued_launch,
     .submit = device_sim_submit,
     .fence = device_sim_fence,
+    .prepare = device_sim_prepare,
     .unload = device_sim_unload,
     .close = device_sim_close,
 };

@@ -592,8 +592,7 @@ static struct pending_run *pending_at(struct etf_sched *s, size_t i)
  * fence that drains the device starts the switch to then_hz (0 = none) before the runs are
  * completed. Called with the lock held; drops it around the fence and the completion
  * callbacks. */
-static int settle(struct etf_sched *s, struct entity *e, uint64_t *used, size_t n,
-                  uint64_t then_hz)
+static int settle(struct etf_sched *s, struct entity *e, uint64_t *used, size_t n, uint64_t then_hz)
 {
     if (n > s->n_pending)
         n = s->n_pending;
@@ -687,6 +686,30 @@ static void note_switch(struct etf_sched *s, uint64_t hz, int rc)
     }
 }
 
+/* While the device runs the end of e's turn: hints it to start the task that most likely
+ * runs first after the turn (the least in vruntime once e is charged for the time it
+ * submitted), so that the host-side work of starting it (copying a batch of inputs into
+ * staging) is done before the device drains instead of after. A wrong guess costs a copy.
+ * The lock stays held: the task and its buffers must not go away during the copy. */
+static void prepare_next(struct etf_sched *s, struct entity *e, uint64_t used)
+{
+    if (!s->async || s->n_pending == 0 || !etf__device_can_prepare(s->dev))
+        return;
+    double saved = e->rq.vruntime, slice = e->slice_ns > 1 ? e->slice_ns : 1;
+    e->rq.vruntime += ((double)used + s->planned_ns) / slice;
+    etf__rq_update(&s->rq, &e->rq);
+    struct entity *next = (struct entity *)etf__rq_peek(&s->rq);
+    e->rq.vruntime = saved;
+    etf__rq_update(&s->rq, &e->rq);
+    struct task *t = next ? next_to_submit(next) : NULL;
+    if (!t || t->next_kernel != 0 || !t->model->dm)
+        return;
+    struct etf_kernel_run run = {
+        .dm = t->model->dm, .kernel = 0, .freq_hz = t->model->freq_hz, .io = t->io, .task = t->tid};
+    etf__device_prepare(s->dev, &run);
+    s->stats.prepares++;
+}
+
 int etf_sched_step(struct etf_sched *s, bool *ran)
 {
     int rc = 0;
@@ -750,7 +773,7 @@ int etf_sched_step(struct etf_sched *s, bool *ran)
         double estimate = kernel_estimate(m, k);
         struct pending_run *pr = pending_at(s, s->n_pending);
         pr->run = (struct etf_kernel_run){
-            .dm = m->dm, .kernel = k, .freq_hz = m->freq_hz, .io = t->io};
+            .dm = m->dm, .kernel = k, .freq_hz = m->freq_hz, .io = t->io, .task = t->tid};
         pr->task = t;
         pr->estimate_ns = estimate > 0 ? estimate : 0;
         unlock(s);
@@ -788,8 +811,10 @@ int etf_sched_step(struct etf_sched *s, bool *ran)
                 break;
         }
     }
-    if (rc == 0)
+    if (rc == 0) {
+        prepare_next(s, e, used);
         rc = settle(s, e, &used, SIZE_MAX, 0);
+    }
     if (s->switch_in_flight) {
         /* Posted for a kernel that did not come (its task failed or was the last): the
          * clock still changed. */
