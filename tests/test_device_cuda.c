@@ -459,6 +459,44 @@ static void matmul_batched_3d_bias_gelu(void **state)
     check_plan(&b);
 }
 
+/* Products whose bias, relu and residual cuBLASLt runs in the product (one GEMM, strided
+ * batches, a write through a transpose), and the same with that off (ETF_CUDA_LT=0). */
+static void epilogue_products(void)
+{
+    struct pb b = {.seed = 15};
+    int x = pb_in(&b, SH(2, 5, 16));
+    int w1 = pb_const(&b, SH(16, 24)), b1 = pb_const(&b, SH(24));
+    int w2 = pb_const(&b, SH(24, 16)), b2 = pb_const(&b, SH(16));
+    int w3 = pb_const(&b, SH(2, 16, 8)), b3 = pb_const(&b, SH(8));
+    int w4 = pb_const(&b, SH(16, 16)), b4 = pb_const(&b, SH(16));
+    int y1 = pb_act(&b, SH(2, 5, 24)), y2 = pb_act(&b, SH(2, 5, 16));
+    int y3 = pb_act(&b, SH(2, 5, 8)), y4 = pb_act(&b, SH(2, 5, 16));
+    post_elt(pb_kernel(&b, ETF_K_MATMUL, y1, IDS(x, w1, b1)), ETF_ELT_RELU, 0, 0);
+    post_val(pb_kernel(&b, ETF_K_MATMUL, y2, IDS(y1, w2, b2)), ETF_POST_SUM, ETF_BIN_ADD, x);
+    pb_kernel(&b, ETF_K_MATMUL, y3, IDS(y2, w3, b3));
+    struct etf_kernel *k = pb_kernel(&b, ETF_K_MATMUL, y4, IDS(y2, w4, b4));
+    post_val(k, ETF_POST_SUM, ETF_BIN_ADD, y2);
+    post_elt(k, ETF_ELT_RELU, 0, 0);
+    /* a product with a bias written where a transpose puts it */
+    int w5 = pb_const(&b, SH(16, 16)), b5 = pb_const(&b, SH(16));
+    int y5 = pb_act(&b, SH(2, 5, 16)), t5 = pb_act(&b, SH(5, 2, 16)), s5 = pb_act(&b, SH(5, 2, 16));
+    pb_kernel(&b, ETF_K_MATMUL, y5, IDS(y4, w5, b5));
+    attention_perm(pb_kernel(&b, ETF_K_TRANSPOSE, t5, IDS(y5)), 1, 0, 2, 0);
+    pb_kernel(&b, ETF_K_SOFTMAX, s5, IDS(t5))->attr.axis.axis = 2;
+    pb_out(&b, y3);
+    pb_out(&b, s5);
+    check_plan(&b);
+}
+
+static void matmul_epilogues_in_the_product(void **state)
+{
+    NEED_GPU();
+    epilogue_products();
+    setenv("ETF_CUDA_LT", "0", 1);
+    epilogue_products();
+    unsetenv("ETF_CUDA_LT");
+}
+
 static void matmul_of_two_activations(void **state)
 {
     NEED_GPU();
@@ -987,6 +1025,7 @@ int main(void)
         cmocka_unit_test(conv_with_activation_weights),
         cmocka_unit_test(matmul_2d_bias_gelu),
         cmocka_unit_test(matmul_batched_3d_bias_gelu),
+        cmocka_unit_test(matmul_epilogues_in_the_product),
         cmocka_unit_test(matmul_of_two_activations),
         cmocka_unit_test(matmul_partial_broadcast),
         cmocka_unit_test(max_pool_with_padding),
