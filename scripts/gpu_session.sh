@@ -34,24 +34,28 @@ ratio() {
 }
 
 step_latency() {
-  # etf-run's latency spans host buffer to host buffer (ETF's API takes host memory), so its
-  # peer is PyTorch's host-to-host figure; the GPU-resident figure is printed beside it.
+  # Two spans, each against its PyTorch peer in the same run: host buffer to host buffer
+  # (etf-run's default: ETF's API takes host memory, as a server's requests arrive), and
+  # GPU-resident (etf-run --resident: input and output stay on the device).
   local table=$out/latency.txt
   printf 'GPU latency, median of 30 runs, host wall time to the end of the GPU work\n' >"$table"
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >>"$table" 2>&1
-  printf '%-16s %5s %9s %14s %9s %17s %9s\n' model batch "etf ms" "torch host ms" etf/host \
-    "torch resident ms" etf/res >>"$table"
+  printf '%-16s %5s | %8s %10s %6s | %8s %10s %6s\n' model batch "etf" "torch" ratio \
+    "etf" "torch" ratio >>"$table"
+  printf '%-16s %5s | %-27s | %-27s\n' "" "" "host to host (ms)" "GPU-resident (ms)" >>"$table"
   for batch in 1 32; do
     python3 bench/torch_gpu_latency.py "$batch" 30 "${models[@]}" >"$out/torch_b$batch.jsonl" 2>"$out/torch_b$batch.err"
     for m in "${models[@]}"; do
       etf=$("$build/etf-run" "models/$m/model.onnx" --device cuda --batch "$batch" --iters 30 2>"$out/etf_${m}_b$batch.err" |
             awk '$1 == "p50" {print $2}')
+      res=$("$build/etf-run" "models/$m/model.onnx" --device cuda --batch "$batch" --iters 30 --resident 2>>"$out/etf_${m}_b$batch.err" |
+            awk '$1 == "p50" {print $2}')
       read -r host resident < <(python3 -c "import json,sys
 for l in open(sys.argv[1]):
     d = json.loads(l)
     if d['model'] == sys.argv[2]: print('%.3f %.3f' % (d['p50_host_ms'], d['p50_ms']))" "$out/torch_b$batch.jsonl" "$m")
-      printf '%-16s %5s %9s %14s %9s %17s %9s\n' "$m" "$batch" "${etf:--}" "${host:--}" \
-        "$(ratio "$etf" "$host")" "${resident:--}" "$(ratio "$etf" "$resident")" >>"$table"
+      printf '%-16s %5s | %8s %10s %6s | %8s %10s %6s\n' "$m" "$batch" "${etf:--}" "${host:--}" \
+        "$(ratio "$etf" "$host")" "${res:--}" "${resident:--}" "$(ratio "$res" "$resident")" >>"$table"
     done
   done
   cat "$table"

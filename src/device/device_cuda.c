@@ -31,7 +31,7 @@
  *
  * Kernels.
  *   CONV       cuDNN, by whichever of two paths ran the kernel faster at load (both timed
- *              on the model's buffers, choose_conv_paths): the legacy API,
+ *              on the model's buffers, choose_paths): the legacy API,
  *              cudnnConvolutionBiasActivationForward where its epilogue expresses the
  *              post-ops (relu, or a residual sum then relu; identity only with the
  *              IMPLICIT_PRECOMP_GEMM algorithm, the only one cuDNN allows it with), else
@@ -213,6 +213,9 @@ struct exec_ctx {
     struct errbuf *err;
 };
 
+/* cuBLASLt algorithms timed at load for a product with an epilogue. */
+#define LT_CANDIDATES 6
+
 /* Kernels submitted and not yet fenced, each between two timing events (see submit). */
 #define MAX_INFLIGHT 512
 /* Pinned staging buffers per model input and output: a task's inputs are copied in while
@@ -280,7 +283,7 @@ struct conv_step {
     const float *x, *w, *bias, *z;
     float *y;
     /* The same convolution planned with cuDNN's graph API (cuda_conv_graph.h), owned by the
-     * model; used instead when it ran faster at load (choose_conv_paths). graph_fused: its
+     * model; used instead when it ran faster at load (choose_paths). graph_fused: its
      * graph adds the bias (gbias: the plan's, or zeros), the residual gz and the relu, so that
      * the epilogue step does not run. */
     const struct etf__conv_graph *graph;
@@ -312,6 +315,10 @@ struct gemm_step {
     cublasLtMatmulDesc_t lt;
     cublasLtMatrixLayout_t lt_a, lt_b, lt_y;
     cublasLtMatmulAlgo_t lt_algo;
+    /* The heuristic's candidates, fastest first by its model; the one run is chosen by
+     * timing them at load (choose_paths). */
+    cublasLtMatmulAlgo_t lt_algos[LT_CANDIDATES];
+    int n_lt_algos;
     const float *lt_bias, *lt_c; /* lt_c: the residual, or y itself (beta 0) */
     float lt_beta;
 };
@@ -1157,13 +1164,17 @@ static int lt_epilogue(struct build *b, struct gemm_step *g, int bias, bool y_pl
     size_t ws = CUBLAS_WORKSPACE;
     cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(
         pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    cublasLtMatmulHeuristicResult_t heur;
+    cublasLtMatmulHeuristicResult_t heur[LT_CANDIDATES];
     int found = 0;
     if (st == CUBLAS_STATUS_SUCCESS)
         st = cublasLtMatmulAlgoGetHeuristic(b->cx.lt, g->lt, g->lt_a, g->lt_b, g->lt_y, g->lt_y,
-                                            pref, 1, &heur, &found);
+                                            pref, LT_CANDIDATES, heur, &found);
     cublasLtMatmulPreferenceDestroy(pref);
-    if (st != CUBLAS_STATUS_SUCCESS || found < 1) {
+    g->n_lt_algos = 0;
+    for (int i = 0; st == CUBLAS_STATUS_SUCCESS && i < found; i++)
+        if (heur[i].state == CUBLAS_STATUS_SUCCESS)
+            g->lt_algos[g->n_lt_algos++] = heur[i].algo;
+    if (st != CUBLAS_STATUS_SUCCESS || g->n_lt_algos < 1) {
         /* No algorithm for it: the plain product and the pointwise step. */
         cublasLtMatmulDescDestroy(g->lt);
         cublasLtMatrixLayoutDestroy(g->lt_a);
@@ -1173,7 +1184,7 @@ static int lt_epilogue(struct build *b, struct gemm_step *g, int bias, bool y_pl
         g->lt_a = g->lt_b = g->lt_y = NULL;
         return 0;
     }
-    g->lt_algo = heur.algo;
+    g->lt_algo = g->lt_algos[0];
     TRY(bind_in(b, &g->lt_bias, bias));
     if (sum) {
         g->lt_beta = 1.f;
@@ -2113,12 +2124,33 @@ static float time_kernel(struct build *b, size_t k)
 /* Each convolution that has a graph-API plan runs the way that was faster here: its whole
  * kernel (padding, convolution, epilogue) timed both ways on the model's own buffers. Neither
  * path wins everywhere (the graph engines are faster on most fp32 shapes of the H100, the
- * legacy Winograd on some 3x3 ones, the legacy kernels on some depthwise ones). */
-static void choose_conv_paths(struct build *b)
+ * legacy Winograd on some 3x3 ones, the legacy kernels on some depthwise ones). Products
+ * with a cuBLASLt epilogue likewise run the fastest of the heuristic's candidates. */
+static void choose_paths(struct build *b)
 {
     struct etf_dmodel *dm = b->dm;
     for (size_t k = 0; k < dm->n_kernels; k++) {
         struct cuda_kernel *ck = &dm->kernels[k];
+        for (int i = 0; i < ck->n_steps; i++) {
+            struct gemm_step *g = &ck->steps[i].u.gemm;
+            if (ck->steps[i].kind != STEP_GEMM || g->n_lt_algos < 2)
+                continue;
+            /* cuBLASLt's heuristic ranks by a model of the GPU; the candidates are timed. */
+            float best = -1.f;
+            int pick = 0;
+            for (int a = 0; a < g->n_lt_algos; a++) {
+                g->lt_algo = g->lt_algos[a];
+                float ms = time_kernel(b, k);
+                if (ms > 0.f && (best < 0.f || ms < best)) {
+                    best = ms;
+                    pick = a;
+                }
+            }
+            g->lt_algo = g->lt_algos[pick];
+            if (b->dev->log_algos)
+                fprintf(stderr, "device cuda: %s: cuBLASLt candidate %d of %d, %.4f ms\n",
+                        b->plan->kernels[k].name, pick, g->n_lt_algos, (double)best);
+        }
         struct conv_step *c = NULL;
         for (int i = 0; i < ck->n_steps && !c; i++)
             if (ck->steps[i].kind == STEP_CONV && ck->steps[i].u.conv.graph)
@@ -2362,7 +2394,7 @@ static int device_cuda_load(struct etf_device *dev, const struct etf_model_desc 
     if (rc == 0)
         rc = warm_up(&b);
     if (rc == 0)
-        choose_conv_paths(&b);
+        choose_paths(&b);
     if (rc == 0 && d->graphs)
         capture_graphs(&b);
 
