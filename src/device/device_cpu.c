@@ -1076,33 +1076,11 @@ static int build_matmul(struct build *b)
     if (kn->n_inputs < 2 || kn->n_inputs > 3)
         return kfail(b, ETF_EINVAL, "%d inputs, 2 or 3 expected", kn->n_inputs);
     int a = kn->inputs[0], w = kn->inputs[1], bias = kn->n_inputs > 2 ? kn->inputs[2] : -1;
-    struct etf_shape as = val(b, a)->shape, ws = val(b, w)->shape;
-    if (as.ndim < 1 || ws.ndim < 1)
-        return kfail(b, ETF_EINVAL, "matmul of scalars");
-    /* numpy matmul: a vector operand is a matrix of one row (a) or one column (b). */
-    if (as.ndim == 1) {
-        as.d[1] = as.d[0];
-        as.d[0] = 1;
-        as.ndim = 2;
-    }
-    if (ws.ndim == 1) {
-        ws.d[1] = 1;
-        ws.ndim = 2;
-    }
-    int nd = as.ndim > ws.ndim ? as.ndim : ws.ndim;
+    int nd;
     dnnl_dims_t ad, wd, yd, bd;
-    TRY(bcast_dims(b, &as, nd, ad));
-    TRY(bcast_dims(b, &ws, nd, wd));
-    if (ad[nd - 1] != wd[nd - 2])
-        return kfail(b, ETF_EINVAL, "inner dimensions %lld and %lld differ", (long long)ad[nd - 1],
-                     (long long)wd[nd - 2]);
-    for (int i = 0; i < nd - 2; i++) {
-        if (ad[i] != wd[i] && ad[i] != 1 && wd[i] != 1)
-            return kfail(b, ETF_EINVAL, "batch dimensions do not broadcast");
-        yd[i] = ad[i] > wd[i] ? ad[i] : wd[i];
-    }
-    yd[nd - 2] = ad[nd - 2];
-    yd[nd - 1] = wd[nd - 1];
+    const char *why;
+    if (etf__plan_matmul_dims(b->plan, kn, &nd, ad, wd, yd, &why))
+        return kfail(b, ETF_EINVAL, "%s", why);
     if (dims_elems(nd, yd) != etf__shape_elems(&val(b, kn->output)->shape))
         return kfail(b, ETF_EINVAL, "the output's shape does not follow from the inputs'");
     for (int i = 0; i < nd - 1; i++)
@@ -1128,8 +1106,8 @@ static int build_matmul(struct build *b)
         bool rows_broadcast = true;
         for (int j = 0; j + 1 < ps->ndim; j++)
             rows_broadcast &= ps->d[j] == 1;
-        fold &=
-            reads_plain(b, p->value) && (rows_broadcast || etf__shape_elems(ps) == dims_elems(nd, yd));
+        fold &= reads_plain(b, p->value) &&
+                (rows_broadcast || etf__shape_elems(ps) == dims_elems(nd, yd));
     }
     if (fold) {
         dnnl_dim_t rows = (dnnl_dim_t)(dims_elems(nd, ad) / (size_t)ad[nd - 1]);

@@ -1204,8 +1204,9 @@ static int build_matmul(struct build *b)
     int a = kn->inputs[0], w = kn->inputs[1], bias = kn->n_inputs > 2 ? kn->inputs[2] : -1;
     int nd;
     int64_t ad[ETF_MAX_DIMS], wd[ETF_MAX_DIMS], yd[ETF_MAX_DIMS];
-    if (!etf__view_product_dims(b->plan, kn, &nd, ad, wd, yd))
-        return kfail(b, ETF_EINVAL, "the operands' shapes do not multiply");
+    const char *why;
+    if (etf__plan_matmul_dims(b->plan, kn, &nd, ad, wd, yd, &why))
+        return kfail(b, ETF_EINVAL, "%s", why);
     int64_t M = yd[nd - 2], N = yd[nd - 1], K = ad[nd - 1], By = dims_prod(yd, 0, nd - 2);
     if ((size_t)dims_prod(yd, 0, nd) != elems(b, kn->output))
         return kfail(b, ETF_EINVAL, "the output's shape does not follow from the inputs'");

@@ -223,41 +223,6 @@ void etf__view_matrix_free(struct etf__view_matrix *m)
 
 /* ---- Products ---- */
 
-bool etf__view_product_dims(const struct etf_plan *p, const struct etf_kernel *kn, int *nd,
-                            int64_t *ad, int64_t *wd, int64_t *yd)
-{
-    if (kn->n_inputs < 2)
-        return false;
-    struct etf_shape as = p->values[kn->inputs[0]].shape, ws = p->values[kn->inputs[1]].shape;
-    if (as.ndim < 1 || ws.ndim < 1)
-        return false;
-    if (as.ndim == 1) { /* numpy: a vector a is a row, a vector b a column */
-        as.d[1] = as.d[0];
-        as.d[0] = 1;
-        as.ndim = 2;
-    }
-    if (ws.ndim == 1) {
-        ws.d[1] = 1;
-        ws.ndim = 2;
-    }
-    int n = as.ndim > ws.ndim ? as.ndim : ws.ndim;
-    for (int i = 0; i < n; i++) {
-        ad[i] = i < n - as.ndim ? 1 : as.d[i - (n - as.ndim)];
-        wd[i] = i < n - ws.ndim ? 1 : ws.d[i - (n - ws.ndim)];
-    }
-    if (ad[n - 1] != wd[n - 2])
-        return false;
-    for (int i = 0; i < n - 2; i++) {
-        if (ad[i] != wd[i] && ad[i] != 1 && wd[i] != 1)
-            return false;
-        yd[i] = ad[i] > wd[i] ? ad[i] : wd[i];
-    }
-    yd[n - 2] = ad[n - 2];
-    yd[n - 1] = wd[n - 1];
-    *nd = n;
-    return true;
-}
-
 /* A view as one operand of a product: reshaped to the operand's broadcast dims `dims` (nd of
  * them, the value's own dims behind leading ones), then read as a matrix per batch of the
  * product's batch dims (yd). */
@@ -315,7 +280,7 @@ bool etf__view_product(const struct etf_plan *p, const struct etf_kernel *kn,
     *out = (struct etf__view_product){0};
     int nd;
     int64_t ad[ETF_MAX_DIMS], wd[ETF_MAX_DIMS], yd[ETF_MAX_DIMS];
-    if (!etf__view_product_dims(p, kn, &nd, ad, wd, yd))
+    if (!etf__plan_matmul_dims(p, kn, &nd, ad, wd, yd, NULL) == 0)
         return false;
     if (product_with(va, vw, vy, nd, ad, wd, yd, out, oom) || *oom)
         return !*oom;

@@ -82,12 +82,6 @@ bool etf__view_as_matrix(const struct etf__view *v, int nd, const int64_t *batch
                          struct etf__view_matrix *m, bool *oom);
 void etf__view_matrix_free(struct etf__view_matrix *m);
 
-/* A MATMUL kernel's operand dims as numpy broadcasts them (a vector a is a row [1, K], a
- * vector b a column [K, 1]; leading dims of 1 up to the larger rank nd): ad, wd, and the
- * output's yd. false when the shapes do not multiply. */
-bool etf__view_product_dims(const struct etf_plan *p, const struct etf_kernel *kn, int *nd,
-                            int64_t *ad, int64_t *wd, int64_t *yd);
-
 /* A product y = scale * a w read and written through views: per batch, a [m, k], w [k, n]
  * and y [m, n] as etf__view_as_matrix describes them (y never transposed). */
 struct etf__view_product {

@@ -62,6 +62,52 @@ int etf__plan_storage(const struct etf_plan *plan, int v)
     return -1; /* a loop of aliases: etf__plan_check rejects it */
 }
 
+int etf__plan_matmul_dims(const struct etf_plan *p, const struct etf_kernel *kn, int *nd,
+                          int64_t *ad, int64_t *wd, int64_t *yd, const char **why)
+{
+    const char *unused;
+    if (!why)
+        why = &unused;
+    if (kn->n_inputs < 2) {
+        *why = "fewer than 2 inputs";
+        return ETF_EINVAL;
+    }
+    struct etf_shape as = p->values[kn->inputs[0]].shape, ws = p->values[kn->inputs[1]].shape;
+    if (as.ndim < 1 || ws.ndim < 1) {
+        *why = "matmul of scalars";
+        return ETF_EINVAL;
+    }
+    if (as.ndim == 1) {
+        as.d[1] = as.d[0];
+        as.d[0] = 1;
+        as.ndim = 2;
+    }
+    if (ws.ndim == 1) {
+        ws.d[1] = 1;
+        ws.ndim = 2;
+    }
+    int n = as.ndim > ws.ndim ? as.ndim : ws.ndim;
+    for (int i = 0; i < n; i++) {
+        ad[i] = i < n - as.ndim ? 1 : as.d[i - (n - as.ndim)];
+        wd[i] = i < n - ws.ndim ? 1 : ws.d[i - (n - ws.ndim)];
+    }
+    if (ad[n - 1] != wd[n - 2]) {
+        *why = "inner dimensions differ";
+        return ETF_EINVAL;
+    }
+    for (int i = 0; i < n - 2; i++) {
+        if (ad[i] != wd[i] && ad[i] != 1 && wd[i] != 1) {
+            *why = "batch dimensions do not broadcast";
+            return ETF_EINVAL;
+        }
+        yd[i] = ad[i] > wd[i] ? ad[i] : wd[i];
+    }
+    yd[n - 2] = ad[n - 2];
+    yd[n - 1] = wd[n - 1];
+    *nd = n;
+    return 0;
+}
+
 #define BAD_ID(p, id) ((id) < 0 || (size_t)(id) >= (p)->n_values)
 
 /* Whether value v (aliases checked already) is data, or a constant that has some. */

@@ -55,23 +55,23 @@ struct etf_value {
 };
 
 enum etf_kernel_op {
-    ETF_K_CONV,      /* in: x [N,C,H,W], w [O,C/g,kh,kw], optional b [O] */
-    ETF_K_MATMUL,    /* in: a [..., M, K], b [..., K, N] (constant or not), optional bias [N] */
-    ETF_K_POOL,      /* in: x [N,C,H,W]; global average pooling is a pool over all of H, W */
-    ETF_K_BATCHNORM, /* in: x [N,C,...], scale [C], shift [C]: y = x * scale + shift */
-    ETF_K_LAYERNORM, /* in: x [..., D], gamma [D], beta [D]; over the last axis */
-    ETF_K_ELTWISE,   /* in: x; y = f(x) */
-    ETF_K_BINARY,    /* in: a, b (numpy broadcasting to the output shape) */
-    ETF_K_CONCAT,    /* in: 1..ETF_MAX_KERNEL_INPUTS tensors, or more via `extra_inputs` */
-    ETF_K_SOFTMAX,   /* in: x; over `axis` */
-    ETF_K_TRANSPOSE, /* in: x; y = permute(x, perm) */
+    ETF_K_CONV,        /* in: x [N,C,H,W], w [O,C/g,kh,kw], optional b [O] */
+    ETF_K_MATMUL,      /* in: a [..., M, K], b [..., K, N] (constant or not), optional bias [N] */
+    ETF_K_POOL,        /* in: x [N,C,H,W]; global average pooling is a pool over all of H, W */
+    ETF_K_BATCHNORM,   /* in: x [N,C,...], scale [C], shift [C]: y = x * scale + shift */
+    ETF_K_LAYERNORM,   /* in: x [..., D], gamma [D], beta [D]; over the last axis */
+    ETF_K_ELTWISE,     /* in: x; y = f(x) */
+    ETF_K_BINARY,      /* in: a, b (numpy broadcasting to the output shape) */
+    ETF_K_CONCAT,      /* in: 1..ETF_MAX_KERNEL_INPUTS tensors, or more via `extra_inputs` */
+    ETF_K_SOFTMAX,     /* in: x; over `axis` */
+    ETF_K_TRANSPOSE,   /* in: x; y = permute(x, perm) */
     ETF_K_REDUCE_MEAN, /* in: x; over the axes in `axes_mask`, dimensions kept */
-    ETF_K_PAD,       /* in: x; constant padding */
+    ETF_K_PAD,         /* in: x; constant padding */
 };
 
 enum etf_eltwise_alg {
     ETF_ELT_RELU,
-    ETF_ELT_CLIP,     /* min(max(x, alpha), beta) */
+    ETF_ELT_CLIP, /* min(max(x, alpha), beta) */
     ETF_ELT_SIGMOID,
     ETF_ELT_SWISH,    /* x * sigmoid(x) */
     ETF_ELT_GELU_ERF, /* 0.5 x (1 + erf(x / sqrt 2)) */
@@ -173,6 +173,13 @@ const char *etf__plan_op_name(enum etf_kernel_op op);
 
 /* Every input of kernel kn: its extra_inputs when it has them, else its inputs. */
 void etf__kernel_inputs(const struct etf_kernel *kn, const int **ids, int *n);
+
+/* A MATMUL kernel's operand dims as numpy broadcasts them: a vector a is a row [1, K], a
+ * vector b a column [K, 1], and both get leading dims of 1 up to the larger rank *nd; ad,
+ * wd and the output's yd have ETF_MAX_DIMS room. Returns 0, or ETF_EINVAL with *why (when
+ * not NULL) saying what does not multiply. */
+int etf__plan_matmul_dims(const struct etf_plan *p, const struct etf_kernel *kn, int *nd,
+                          int64_t *ad, int64_t *wd, int64_t *yd, const char **why);
 
 /* The value that owns the storage of v (follows alias_of); -1 when the aliases loop. */
 int etf__plan_storage(const struct etf_plan *plan, int v);
