@@ -3,9 +3,11 @@
  *
  * Why: cudnnFindConvolutionForwardAlgorithm only reaches the legacy algorithms. cuDNN 9's
  * graph engines include the FFMA implicit-GEMM kernels that PyTorch runs on Hopper, 1.5-1.8x
- * faster than the legacy choice on most ResNet shapes in fp32 without TF32 (not all: see
- * etf__conv_graph_ms). A caller plans each distinct shape once at load,
- * runs the plan on its own buffers, and falls back to the legacy path on ETF_ENOTSUP.
+ * faster than the legacy choice on most ResNet shapes in fp32 without TF32 (not all: a 3x3
+ * convolution of 512 channels at 7x7 runs faster in the legacy WINOGRAD_NONFUSED algorithm
+ * on the H100, so the CUDA device times both paths and keeps the faster). A caller plans each
+ * distinct shape once at load, runs the plan on its own buffers, and falls back to the legacy path
+ * on ETF_ENOTSUP.
  *
  * Threads: a plan is immutable once created; calls on one handle must come from one thread,
  * as for any cuDNN handle.
@@ -61,11 +63,6 @@ size_t etf__conv_graph_workspace(const struct etf__conv_graph *g);
 int etf__conv_graph_run(cudnnHandle_t h, const struct etf__conv_graph *g, const float *x,
                         const float *w, const float *b, const float *z, float *y, void *workspace,
                         char *err, size_t errlen);
-
-/* The chosen plan's measured GPU time per run in ms (replayed from a CUDA graph), so that a
- * caller can keep the legacy algorithm where it is faster (a 3x3 convolution of 512 channels
- * at 7x7 runs faster in the legacy WINOGRAD_NONFUSED algorithm on the H100). */
-float etf__conv_graph_ms(const struct etf__conv_graph *g);
 
 /* Frees g and its cuDNN descriptors; NULL is a no-op. */
 void etf__conv_graph_destroy(struct etf__conv_graph *g);
