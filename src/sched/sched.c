@@ -693,7 +693,7 @@ static void note_switch(struct etf_sched *s, uint64_t hz, int rc)
  * The lock stays held: the task and its buffers must not go away during the copy. */
 static void prepare_next(struct etf_sched *s, struct entity *e, uint64_t used)
 {
-    if (!s->async || s->n_pending == 0 || !etf__device_can_prepare(s->dev))
+    if (!s->async || s->n_pending == 0 || !e->runnable || !etf__device_can_prepare(s->dev))
         return;
     double saved = e->rq.vruntime, slice = e->slice_ns > 1 ? e->slice_ns : 1;
     e->rq.vruntime += ((double)used + s->planned_ns) / slice;
