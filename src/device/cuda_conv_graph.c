@@ -12,6 +12,7 @@
  * with the problem size and are always dropped, as the legacy path drops the FFT algorithms.
  */
 #include "device/cuda_conv_graph.h"
+#include "util/try.h"
 
 #include "etf/etf.h"
 
@@ -83,12 +84,6 @@ static int fail_cuda(struct cg_err *e, const char *what, cudaError_t st)
                 what, cudaGetErrorString(st));
 }
 
-#define TRY(call)                                                                                  \
-    do {                                                                                           \
-        int rc_ = (call);                                                                          \
-        if (rc_ != 0)                                                                              \
-            return rc_;                                                                            \
-    } while (0)
 #define CK(e, what, call)                                                                          \
     do {                                                                                           \
         cudnnStatus_t st_ = (call);                                                                \

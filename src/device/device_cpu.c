@@ -56,6 +56,7 @@
 #include "model/plan.h"
 #include "util/array.h"
 #include "util/bigmem.h"
+#include "util/try.h"
 
 #include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl_debug.h>
@@ -204,13 +205,6 @@ static int dnnl_fail(struct build *b, dnnl_status_t st, const char *what)
 {
     return kfail(b, dnnl_err_code(st), "oneDNN %s failed: %s", what, dnnl_status2str(st));
 }
-
-#define TRY(call)                                                                                  \
-    do {                                                                                           \
-        int rc_ = (call);                                                                          \
-        if (rc_ != 0)                                                                              \
-            return rc_;                                                                            \
-    } while (0)
 
 #define TRY_DNNL(b, call, what)                                                                    \
     do {                                                                                           \

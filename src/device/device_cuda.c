@@ -78,6 +78,7 @@
 #include "model/plan.h"
 #include "util/array.h"
 #include "util/copier.h"
+#include "util/try.h"
 
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -192,13 +193,6 @@ static int fail_cublas(struct errbuf *e, const char *expr, cublasStatus_t st)
         cublasStatus_t st_ = (call);                                                               \
         if (st_ != CUBLAS_STATUS_SUCCESS)                                                          \
             return fail_cublas((e), #call, st_);                                                   \
-    } while (0)
-
-#define TRY(call)                                                                                  \
-    do {                                                                                           \
-        int rc_ = (call);                                                                          \
-        if (rc_ != 0)                                                                              \
-            return rc_;                                                                            \
     } while (0)
 
 /* ---- Device and model state ---- */
