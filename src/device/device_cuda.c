@@ -427,11 +427,12 @@ struct algo_choice {
     size_t ws_bytes;
 };
 
-/* A graph-API plan made for a convolution shape and epilogue, for the next one alike: its
- * index in the model's conv_graphs, or -1 when cuDNN had no engine for it. */
+/* A graph-API plan made for a convolution shape (the key of algo_choice) and epilogue, for
+ * the next one alike: its index in the model's conv_graphs, or -1 when cuDNN had no engine
+ * for it. */
 struct graph_choice {
     int key[17];
-    struct etf__conv_graph_desc desc;
+    bool bias, residual, relu;
     int index;
 };
 
@@ -842,12 +843,14 @@ static int int_dim(struct build *b, int64_t d, int *out)
 static int graph_plan(struct build *b, const int *key, const struct etf__conv_graph_desc *desc,
                       int *index)
 {
-    for (size_t i = 0; i < b->n_graph_plans; i++)
-        if (memcmp(b->graph_plans[i].key, key, sizeof b->graph_plans[i].key) == 0 &&
-            memcmp(&b->graph_plans[i].desc, desc, sizeof *desc) == 0) {
-            *index = b->graph_plans[i].index;
+    for (size_t i = 0; i < b->n_graph_plans; i++) {
+        const struct graph_choice *gc = &b->graph_plans[i];
+        if (memcmp(gc->key, key, sizeof gc->key) == 0 && gc->bias == desc->bias &&
+            gc->residual == desc->residual && gc->relu == desc->relu) {
+            *index = gc->index;
             return 0;
         }
+    }
     struct etf_dmodel *dm = b->dm;
     if (etf__reserve(&b->graph_plans, b->n_graph_plans, &b->cap_graph_plans, sizeof *b->graph_plans,
                      32) ||
@@ -865,7 +868,9 @@ static int graph_plan(struct build *b, const int *key, const struct etf__conv_gr
         dm->conv_graphs[dm->n_conv_graphs++] = g;
     struct graph_choice *gc = &b->graph_plans[b->n_graph_plans++];
     memcpy(gc->key, key, sizeof gc->key);
-    gc->desc = *desc;
+    gc->bias = desc->bias;
+    gc->residual = desc->residual;
+    gc->relu = desc->relu;
     gc->index = *index;
     return 0;
 }
@@ -1222,8 +1227,7 @@ static int build_matmul(struct build *b)
     const struct etf__view_matrix ma = pr.a, mw = pr.w, my = pr.y;
     struct cuda_step *st = NULL;
     int rc = 0;
-    if (ma.ld > INT32_MAX || mw.ld > INT32_MAX || my.ld > INT32_MAX || pr.batch > INT32_MAX ||
-        pr.m * pr.batch > INT32_MAX)
+    if (ma.ld > INT32_MAX || mw.ld > INT32_MAX || my.ld > INT32_MAX || pr.batch > INT32_MAX)
         rc = kfail(b, ETF_ENOTSUP, "dimensions beyond cuBLAS's int range");
     else if (!(st = step_new(b, STEP_GEMM)))
         rc = kfail(b, ETF_EINVAL, "too many steps");
@@ -1743,9 +1747,6 @@ static int run_gemm(const struct exec_ctx *cx, const struct gemm_step *g)
     cublasOperation_t op_a = g->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
                       op_b = g->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     if (g->lt) {
-        /* The bias pointer is known once the buffers are placed: set here, host-side. */
-        CK_CUBLAS(cx->err, cublasLtMatmulDescSetAttribute(g->lt, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                                                          &g->lt_bias, sizeof g->lt_bias));
         CK_CUBLAS(cx->err, cublasLtMatmul(cx->lt, g->lt, &g->alpha, g->b, g->lt_a, g->a, g->lt_b,
                                           &g->lt_beta, g->lt_c, g->lt_y, g->y, g->lt_y, &g->lt_algo,
                                           cx->cublas_ws, CUBLAS_WORKSPACE, cx->stream));
@@ -1783,10 +1784,9 @@ static int run_step(const struct exec_ctx *cx, const struct etf_dmodel *dm,
         const struct conv_step *c = &st->u.conv;
         if (c->use_graph) {
             *conv_fused = c->graph_fused;
-            int rc = etf__conv_graph_run(cx->cudnn, c->graph, c->x, c->w,
-                                         c->graph_fused ? c->gbias : NULL, c->gz, c->y,
-                                         dm->workspace, cx->err->msg, sizeof cx->err->msg);
-            return rc;
+            return etf__conv_graph_run(cx->cudnn, c->graph, c->x, c->w,
+                                       c->graph_fused ? c->gbias : NULL, c->gz, c->y, dm->workspace,
+                                       cx->err->msg, sizeof cx->err->msg);
         }
         *conv_fused = c->fused;
         if (c->fused)
@@ -1988,6 +1988,12 @@ static int finalize(struct build *b)
                               (uintptr_t)c->srcs[j].x % 16 == 0;
                 CK_CUDA(e, cudaMalloc((void **)&c->dev, bytes));
                 CK_CUDA(e, cudaMemcpyAsync(c->dev, c->srcs, bytes, cudaMemcpyHostToDevice, s));
+            } else if (st->kind == STEP_GEMM && st->u.gemm.lt) {
+                /* The bias pointer is known once the buffers are placed. */
+                struct gemm_step *g = &st->u.gemm;
+                CK_CUBLAS(e,
+                          cublasLtMatmulDescSetAttribute(g->lt, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                         &g->lt_bias, sizeof g->lt_bias));
             } else if (st->kind == STEP_GEMM && st->u.gemm.mode == GEMM_POINTERS) {
                 struct gemm_step *g = &st->u.gemm;
                 size_t n = (size_t)g->batch;
@@ -2069,10 +2075,6 @@ static int warm_up(struct build *b)
     return 0;
 }
 
-/* Captures each kernel's steps into a CUDA graph, so that a launch costs one graph launch
- * instead of one library call per step (cuDNN's host-side work per call is several
- * microseconds, more than many batch-1 kernels take on the GPU). A kernel whose capture
- * fails keeps being enqueued step by step. */
 /* Kernel k's GPU time in ms, its steps captured into a CUDA graph and replayed (so that
  * host launch costs stay out, as they do once the kernel's own graph runs); a negative
  * value when it cannot be captured or fails. */
@@ -2165,6 +2167,10 @@ static void choose_paths(struct build *b)
     }
 }
 
+/* Captures each kernel's steps into a CUDA graph, so that a launch costs one graph launch
+ * instead of one library call per step (cuDNN's host-side work per call is several
+ * microseconds, more than many batch-1 kernels take on the GPU). A kernel whose capture
+ * fails keeps being enqueued step by step. */
 static void capture_graphs(struct build *b)
 {
     struct etf_dmodel *dm = b->dm;
