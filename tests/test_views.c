@@ -103,8 +103,9 @@ static void matrices_normal_transposed_and_per_batch(void **state)
     assert_int_equal(m.offset[3], 14);
     assert_int_equal(m.ld, 4);
     etf__view_matrix_free(&m);
-    /* a matrix dimension of two atoms is no matrix */
-    etf__view_permute(&r, (int[]){2, 0, 1, 3}, &t); /* [2,2,3,2] -> rows (0:2, 1:3) merge? */
+    /* a matrix dimension of two atoms is no matrix: the [2,2,3,2] permutation's first two
+     * dims (strides 2 and 12) become the 4 rows of [4,6], which no single stride walks */
+    etf__view_permute(&r, (int[]){2, 0, 1, 3}, &t);
     struct etf__view flat;
     assert_true(etf__view_reshape(&t, &SH(4, 6), &flat));
     assert_false(etf__view_as_matrix(&flat, 2, NULL, &m, &oom));
