@@ -1259,6 +1259,20 @@ static void time_and_energy_by_frequency_are_the_profiles_exactly(void **state)
         assert_int_equal(fs[0].time_ns + fs[1].time_ns, ss.busy_ns);
         assert_int_equal(fs[0].energy_nj + fs[1].energy_nj, ss.energy_nj);
         assert_int_equal(fs[0].kernels + fs[1].kernels, ss.dispatches);
+        /* The allocating form reads the same tables whole. */
+        struct etf_freq_stats *all;
+        size_t n_all;
+        assert_int_equal(etf_freq_stats_alloc(fx->s, NULL, &all, &n_all), 0);
+        assert_int_equal(n_all, 2);
+        assert_memory_equal(all, fs, 2 * sizeof *fs);
+        free(all);
+        assert_int_equal(etf_freq_stats_alloc(fx->s, &a, &all, &n_all), 0);
+        assert_int_equal(n_all, 2);
+        assert_int_equal(all[1].kernels, 12);
+        free(all);
+        uint64_t gone = 9999;
+        assert_int_equal(etf_freq_stats_alloc(fx->s, &gone, &all, &n_all), ETF_ENOENT);
+        free(all);
 
         /* A short array gets the lowest rows and the count of all; none gets the count. */
         size_t n = 0;

@@ -48,8 +48,8 @@ struct etf_device_config {
 };
 /* Opens device backend `name` ("sim", ...). *out is owned by the caller: close it after
  * the scheduler that uses it is destroyed. */
-int etf_device_open(const char *name, const struct etf_device_config *cfg,
-                    struct etf_device **out, struct etf_diag *diag);
+int etf_device_open(const char *name, const struct etf_device_config *cfg, struct etf_device **out,
+                    struct etf_diag *diag);
 void etf_device_close(struct etf_device *dev);
 const char *etf_device_name(const struct etf_device *dev);
 /* NULL-terminated list of the device backends this build has. */
@@ -66,7 +66,7 @@ struct etf_sysfs_config {
 };
 
 struct etf_meter_config {
-    int reserved; /* hardware meters add their settings here */
+    int reserved;                  /* hardware meters add their settings here */
     struct etf_sysfs_config sysfs; /* ina3221, hwmon, rapl */
     /* ina3221, hwmon: the rail to measure, matched case-insensitively against the sensors'
      * names; NULL = the GPU rail ("GPU", "VDD_GPU", "VDD_SYS_GPU"; hwmon: "VDD_GPU_SOC"). */
@@ -190,8 +190,7 @@ int etf_sched_set_policy(struct etf_sched *s, uint64_t quantum_ns, double phi,
 /* Creates an entity at nice level `nice` (-20..19). */
 int etf_entity_create(struct etf_sched *s, int64_t nice, uint64_t *eid, struct etf_diag *diag);
 /* Changes the priority; the next allocation uses the new weight. */
-int etf_entity_set_priority(struct etf_sched *s, uint64_t eid, int64_t nice,
-                            struct etf_diag *diag);
+int etf_entity_set_priority(struct etf_sched *s, uint64_t eid, int64_t nice, struct etf_diag *diag);
 /* Deletes an entity that has no loaded models. Errors: ETF_ENOENT, ETF_EBUSY. */
 int etf_entity_delete(struct etf_sched *s, uint64_t eid, struct etf_diag *diag);
 
@@ -242,7 +241,7 @@ struct etf_request {
 
 struct etf_task_record {
     uint64_t tid, eid, mid;
-    int status; /* 0, or why the task did not run to completion */
+    int status;                           /* 0, or why the task did not run to completion */
     uint64_t submit_ns, start_ns, end_ns; /* scheduler clock */
     uint64_t service_ns;                  /* device time charged */
     uint64_t energy_nj;                   /* energy charged: always modelled (time × profiled
@@ -316,8 +315,8 @@ struct etf_sched_stats {
     uint64_t allocations; /* slice recomputations */
     uint64_t freq_switches;
     uint64_t freq_errors; /* switches that failed (the controller's last_error says why) */
-    uint64_t busy_ns;   /* device time charged to tasks */
-    uint64_t energy_nj; /* energy charged to tasks */
+    uint64_t busy_ns;     /* device time charged to tasks */
+    uint64_t energy_nj;   /* energy charged to tasks */
     size_t entities, runnable, models, tasks_queued;
     /* With a measuring meter (all 0 otherwise): the energy measured over the intervals
      * attributed so far, of which idle_energy_nj while nobody ran; the rest went to the
@@ -355,6 +354,11 @@ int etf_entity_freq_stats(struct etf_sched *s, uint64_t eid, struct etf_freq_sta
 /* The same for the whole device, over every entity there has been (deleted ones included):
  * the rows sum to etf_sched_stats busy_ns, energy_nj and dispatches. Errors: ETF_EINVAL. */
 int etf_sched_freq_stats(struct etf_sched *s, struct etf_freq_stats *out, size_t cap, size_t *n);
+/* Either table whole, in a new array: entity *eid's, or the device's when eid is NULL. *out
+ * is malloc'd and the caller frees it (also on failure; NULL when *n is 0); rows that appear
+ * meanwhile are asked for again. Errors: those above, ETF_ENOMEM. */
+int etf_freq_stats_alloc(struct etf_sched *s, const uint64_t *eid, struct etf_freq_stats **out,
+                         size_t *n);
 
 #ifdef __cplusplus
 }

@@ -1732,8 +1732,7 @@ static void on_task_done(void *arg, const struct etf_task_record *rec)
                   etf_strerror(err), why && why[0] ? ": " : "", why ? why : "");
         if (why && why[0])
             fprintf(stderr, "etfd: task %" PRIu64 ": %s\n", rec->tid, why);
-    }
-    else if (!(resp = infer_response(t, rec)))
+    } else if (!(resp = infer_response(t, rec)))
         err = etf_diagf(&diag, ETF_ENOMEM, "task %" PRIu64 " ran, but its answer is out of memory",
                         rec->tid);
     etf_service_infer_fn done = t->done;
@@ -1784,33 +1783,6 @@ static Efair__Rpc__ModelStats *model_stats_msg(const struct etf_model_stats *ms)
     return s;
 }
 
-/* The scheduler's time and energy by frequency of entity *eid, or of the device when eid
- * is NULL, in a new array that the caller frees (also on failure; NULL when *n is 0).
- * ETF_ENOENT when the entity went away. */
-static int freq_rows(struct etf_sched *s, const uint64_t *eid, struct etf_freq_stats **out,
-                     size_t *n)
-{
-    size_t cap = 0;
-    *out = NULL;
-    *n = 0;
-    for (;;) {
-        size_t have = 0;
-        int rc = eid ? etf_entity_freq_stats(s, *eid, *out, cap, &have)
-                     : etf_sched_freq_stats(s, *out, cap, &have);
-        if (rc)
-            return rc;
-        if (have <= cap) {
-            *n = have;
-            return 0;
-        }
-        struct etf_freq_stats *v = realloc(*out, have * sizeof *v);
-        if (!v)
-            return ETF_ENOMEM;
-        *out = v;
-        cap = have; /* more rows may come meanwhile: ask again */
-    }
-}
-
 /* The FrequencyStats messages of *eid (NULL = the device) into *msgs / *n_msgs, which the
  * enclosing message owns (freed with it, also after a failure). */
 static int freq_stats_msgs(struct etf_service *svc, const uint64_t *eid,
@@ -1818,7 +1790,7 @@ static int freq_stats_msgs(struct etf_service *svc, const uint64_t *eid,
 {
     struct etf_freq_stats *rows;
     size_t n;
-    int rc = freq_rows(svc->sched, eid, &rows, &n);
+    int rc = etf_freq_stats_alloc(svc->sched, eid, &rows, &n);
     if (rc == 0 && n && !(*msgs = calloc(n, sizeof **msgs)))
         rc = ETF_ENOMEM;
     for (size_t i = 0; rc == 0 && i < n; i++) {
@@ -2018,14 +1990,14 @@ static int print_freq_summary(struct etf_service *svc, FILE *f)
     svc_unlock(svc);
     struct etf_freq_stats *rows = NULL;
     size_t n = 0;
-    int rc = eids ? freq_rows(svc->sched, NULL, &rows, &n) : ETF_ENOMEM;
+    int rc = eids ? etf_freq_stats_alloc(svc->sched, NULL, &rows, &n) : ETF_ENOMEM;
     if (rc == 0) {
         fprintf(f, "etfd: summary by frequency (modelled energy)\n");
         print_freq_rows(f, rows, n);
     }
     for (size_t i = 0; rc == 0 && i < n_eids; i++) {
         free(rows);
-        rc = freq_rows(svc->sched, &eids[i], &rows, &n);
+        rc = etf_freq_stats_alloc(svc->sched, &eids[i], &rows, &n);
         if (rc == ETF_ENOENT) {
             rc = 0;
             continue;

@@ -1583,3 +1583,27 @@ int etf_sched_freq_stats(struct etf_sched *s, struct etf_freq_stats *out, size_t
     unlock(s);
     return 0;
 }
+
+int etf_freq_stats_alloc(struct etf_sched *s, const uint64_t *eid, struct etf_freq_stats **out,
+                         size_t *n)
+{
+    size_t cap = 0;
+    *out = NULL;
+    *n = 0;
+    for (;;) {
+        size_t have = 0;
+        int rc = eid ? etf_entity_freq_stats(s, *eid, *out, cap, &have)
+                     : etf_sched_freq_stats(s, *out, cap, &have);
+        if (rc)
+            return rc;
+        if (have <= cap) {
+            *n = have;
+            return 0;
+        }
+        struct etf_freq_stats *v = realloc(*out, have * sizeof *v);
+        if (!v)
+            return ETF_ENOMEM;
+        *out = v;
+        cap = have; /* more rows may come meanwhile: ask again */
+    }
+}

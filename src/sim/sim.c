@@ -628,32 +628,6 @@ static double jain(const struct etf_sim_tenant_result *t, size_t n, bool energy)
     return sum_sq > 0 ? sum * sum / ((double)n * sum_sq) : 0;
 }
 
-/* The rows by frequency of entity *eid (NULL = the whole device), in a new array the
- * caller frees (also on failure). */
-static int freq_rows(struct etf_sched *s, const uint64_t *eid, struct etf_freq_stats **out,
-                     size_t *n)
-{
-    size_t cap = 0;
-    *out = NULL;
-    *n = 0;
-    for (;;) {
-        size_t have = 0;
-        int err = eid ? etf_entity_freq_stats(s, *eid, *out, cap, &have)
-                      : etf_sched_freq_stats(s, *out, cap, &have);
-        if (err)
-            return err;
-        if (have <= cap) {
-            *n = have;
-            return 0;
-        }
-        struct etf_freq_stats *v = realloc(*out, have * sizeof *v);
-        if (!v)
-            return ETF_ENOMEM;
-        *out = v;
-        cap = have;
-    }
-}
-
 static int compute_result(struct etf_sim *sim, uint64_t host_ns, struct etf_diag *diag)
 {
     const struct etf_scenario *sc = sim->sc;
@@ -710,13 +684,13 @@ static int compute_result(struct etf_sim *sim, uint64_t host_ns, struct etf_diag
         t->alloc_share = t->slice_ns / ((double)sc->quantum_us * 1000.0);
         total_time += es.time_ns;
         total_energy += t->energy_nj;
-        if (freq_rows(sim->sched, &es.eid, &t->freqs, &t->n_freqs) != 0) {
+        if (etf_freq_stats_alloc(sim->sched, &es.eid, &t->freqs, &t->n_freqs) != 0) {
             free(offset);
             free(lat);
             return etf_diagf(diag, ETF_ENOMEM, "run: out of memory");
         }
     }
-    if (freq_rows(sim->sched, NULL, &r->freqs, &r->n_freqs) != 0) {
+    if (etf_freq_stats_alloc(sim->sched, NULL, &r->freqs, &r->n_freqs) != 0) {
         free(offset);
         free(lat);
         return etf_diagf(diag, ETF_ENOMEM, "run: out of memory");
@@ -945,8 +919,8 @@ int etf_sim_report_json(const struct etf_sim *sim, unsigned flags, char **out,
         bprintf(&b, "  \"sched_ns_per_dispatch\": %.1f,\n", r->sched_ns_per_dispatch);
     else
         bprintf(&b, "  \"sched_ns_per_dispatch\": null,\n");
-    bprintf(&b, "  \"energy\": \"%s\",\n  \"idle_energy_uj\": ",
-            r->measured ? "measured" : "modelled");
+    bprintf(&b,
+            "  \"energy\": \"%s\",\n  \"idle_energy_uj\": ", r->measured ? "measured" : "modelled");
     put_micro(&b, r->idle_energy_nj);
     bprintf(&b, ",\n  \"jain_time\": %.6f,\n  \"jain_energy\": %.6f,\n  ", r->jain_time,
             r->jain_energy);
