@@ -132,7 +132,7 @@ static void expect_products_read_the_plan(const struct etf_plan *p, const struct
         /* The reference's contiguous operands, broadcast like numpy over the batch. */
         int nd;
         int64_t dims[3][ETF_MAX_DIMS];
-        assert_int_equal(etf__plan_matmul_dims(p, kn, &nd, dims[0], dims[1], dims[2], NULL), 0);
+        assert_int_equal(etf__plan_matmul_dims(p, kn, &nd, dims[0], dims[1], dims[2], NULL, 0), 0);
         int64_t M = dims[2][nd - 2], Bref = 1;
         for (int i = 0; i < nd - 2; i++)
             Bref *= dims[2][i];

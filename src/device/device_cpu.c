@@ -1072,8 +1072,8 @@ static int build_matmul(struct build *b)
     int a = kn->inputs[0], w = kn->inputs[1], bias = kn->n_inputs > 2 ? kn->inputs[2] : -1;
     int nd;
     dnnl_dims_t ad, wd, yd, bd;
-    const char *why;
-    if (etf__plan_matmul_dims(b->plan, kn, &nd, ad, wd, yd, &why))
+    char why[160];
+    if (etf__plan_matmul_dims(b->plan, kn, &nd, ad, wd, yd, why, sizeof why))
         return kfail(b, ETF_EINVAL, "%s", why);
     if (dims_elems(nd, yd) != etf__shape_elems(&val(b, kn->output)->shape))
         return kfail(b, ETF_EINVAL, "the output's shape does not follow from the inputs'");

@@ -1203,8 +1203,8 @@ static int build_matmul(struct build *b)
     int a = kn->inputs[0], w = kn->inputs[1], bias = kn->n_inputs > 2 ? kn->inputs[2] : -1;
     int nd;
     int64_t ad[ETF_MAX_DIMS], wd[ETF_MAX_DIMS], yd[ETF_MAX_DIMS];
-    const char *why;
-    if (etf__plan_matmul_dims(b->plan, kn, &nd, ad, wd, yd, &why))
+    char why[160];
+    if (etf__plan_matmul_dims(b->plan, kn, &nd, ad, wd, yd, why, sizeof why))
         return kfail(b, ETF_EINVAL, "%s", why);
     int64_t M = yd[nd - 2], N = yd[nd - 1], K = ad[nd - 1], By = dims_prod(yd, 0, nd - 2);
     if ((size_t)dims_prod(yd, 0, nd) != elems(b, kn->output))

@@ -280,7 +280,7 @@ bool etf__view_product(const struct etf_plan *p, const struct etf_kernel *kn,
     *out = (struct etf__view_product){0};
     int nd;
     int64_t ad[ETF_MAX_DIMS], wd[ETF_MAX_DIMS], yd[ETF_MAX_DIMS];
-    if (etf__plan_matmul_dims(p, kn, &nd, ad, wd, yd, NULL) != 0)
+    if (etf__plan_matmul_dims(p, kn, &nd, ad, wd, yd, NULL, 0) != 0)
         return false;
     if (product_with(va, vw, vy, nd, ad, wd, yd, out, oom) || *oom)
         return !*oom;

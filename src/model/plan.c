@@ -9,6 +9,8 @@
  */
 #include "model/graph.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -62,21 +64,27 @@ int etf__plan_storage(const struct etf_plan *plan, int v)
     return -1; /* a loop of aliases: etf__plan_check rejects it */
 }
 
-int etf__plan_matmul_dims(const struct etf_plan *p, const struct etf_kernel *kn, int *nd,
-                          int64_t *ad, int64_t *wd, int64_t *yd, const char **why)
+/* Writes why a product's shapes do not multiply, when the caller wants to know. */
+__attribute__((format(printf, 3, 4))) static int no_product(char *why, size_t len, const char *fmt,
+                                                            ...)
 {
-    const char *unused;
-    if (!why)
-        why = &unused;
-    if (kn->n_inputs < 2) {
-        *why = "fewer than 2 inputs";
-        return ETF_EINVAL;
+    if (why && len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, len, fmt, ap);
+        va_end(ap);
     }
+    return ETF_EINVAL;
+}
+
+int etf__plan_matmul_dims(const struct etf_plan *p, const struct etf_kernel *kn, int *nd,
+                          int64_t *ad, int64_t *wd, int64_t *yd, char *why, size_t why_len)
+{
+    if (kn->n_inputs < 2)
+        return no_product(why, why_len, "%d inputs, at least 2 expected", kn->n_inputs);
     struct etf_shape as = p->values[kn->inputs[0]].shape, ws = p->values[kn->inputs[1]].shape;
-    if (as.ndim < 1 || ws.ndim < 1) {
-        *why = "matmul of scalars";
-        return ETF_EINVAL;
-    }
+    if (as.ndim < 1 || ws.ndim < 1)
+        return no_product(why, why_len, "matmul of scalars");
     if (as.ndim == 1) {
         as.d[1] = as.d[0];
         as.d[0] = 1;
@@ -91,15 +99,13 @@ int etf__plan_matmul_dims(const struct etf_plan *p, const struct etf_kernel *kn,
         ad[i] = i < n - as.ndim ? 1 : as.d[i - (n - as.ndim)];
         wd[i] = i < n - ws.ndim ? 1 : ws.d[i - (n - ws.ndim)];
     }
-    if (ad[n - 1] != wd[n - 2]) {
-        *why = "inner dimensions differ";
-        return ETF_EINVAL;
-    }
+    if (ad[n - 1] != wd[n - 2])
+        return no_product(why, why_len, "inner dimensions %lld and %lld differ",
+                          (long long)ad[n - 1], (long long)wd[n - 2]);
     for (int i = 0; i < n - 2; i++) {
-        if (ad[i] != wd[i] && ad[i] != 1 && wd[i] != 1) {
-            *why = "batch dimensions do not broadcast";
-            return ETF_EINVAL;
-        }
+        if (ad[i] != wd[i] && ad[i] != 1 && wd[i] != 1)
+            return no_product(why, why_len, "batch dimension %d: %lld and %lld do not broadcast", i,
+                              (long long)ad[i], (long long)wd[i]);
         yd[i] = ad[i] > wd[i] ? ad[i] : wd[i];
     }
     yd[n - 2] = ad[n - 2];

@@ -176,10 +176,10 @@ void etf__kernel_inputs(const struct etf_kernel *kn, const int **ids, int *n);
 
 /* A MATMUL kernel's operand dims as numpy broadcasts them: a vector a is a row [1, K], a
  * vector b a column [K, 1], and both get leading dims of 1 up to the larger rank *nd; ad,
- * wd and the output's yd have ETF_MAX_DIMS room. Returns 0, or ETF_EINVAL with *why (when
- * not NULL) saying what does not multiply. */
+ * wd and the output's yd have ETF_MAX_DIMS room. Returns 0, or ETF_EINVAL with why (when
+ * not NULL: why_len bytes) saying what does not multiply, with the dims found. */
 int etf__plan_matmul_dims(const struct etf_plan *p, const struct etf_kernel *kn, int *nd,
-                          int64_t *ad, int64_t *wd, int64_t *yd, const char **why);
+                          int64_t *ad, int64_t *wd, int64_t *yd, char *why, size_t why_len);
 
 /* The value that owns the storage of v (follows alias_of); -1 when the aliases loop. */
 int etf__plan_storage(const struct etf_plan *plan, int v);
