@@ -44,6 +44,27 @@ def cuda_model(name, batch):
     return model, torch.randn((batch,) + tuple(shape[1:]), device="cuda")
 
 
+def positive(what, text):
+    """text as an integer of at least 1; exits with a message saying what was found if not."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        sys.exit(f"{os.path.basename(sys.argv[0])}: {what}: expected an integer >= 1, found {text!r}")
+    return value
+
+
+def known_models(names):
+    """names, after checking that each is one of scripts/export_models.py's models (exits
+    naming the first that is not)."""
+    for name in names:
+        if name not in MODELS:
+            sys.exit(f"{os.path.basename(sys.argv[0])}: unknown model {name!r}; expected one of "
+                     + ", ".join(MODELS))
+    return names
+
+
 def timed(iters, run):
     """Median and 90th percentile of `run`'s host wall time in ms, after 5 warm-up runs."""
     for _ in range(5):
@@ -78,9 +99,10 @@ def main():
     if len(sys.argv) < 4:
         print(__doc__, file=sys.stderr)
         return 2
+    batch, iters = positive("BATCH", sys.argv[1]), positive("ITERS", sys.argv[2])
+    names = known_models(sys.argv[3:])
     fp32_like_etf()
-    batch, iters = int(sys.argv[1]), int(sys.argv[2])
-    for name in sys.argv[3:]:
+    for name in names:
         print(json.dumps(latency(name, batch, iters)), flush=True)
     return 0
 

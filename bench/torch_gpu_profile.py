@@ -12,15 +12,16 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_gpu_latency import cuda_model, fp32_like_etf  # noqa: E402
+from torch_gpu_latency import cuda_model, fp32_like_etf, known_models, positive  # noqa: E402
 
 
 def main():
     if len(sys.argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2
-    name, batch = sys.argv[1], int(sys.argv[2])
-    top = int(sys.argv[3]) if len(sys.argv) > 3 else 25
+    name = known_models([sys.argv[1]])[0]
+    batch = positive("BATCH", sys.argv[2])
+    top = positive("TOP", sys.argv[3]) if len(sys.argv) > 3 else 25
     fp32_like_etf()
     model, x = cuda_model(name, batch)
     with torch.no_grad():
