@@ -20,11 +20,13 @@
  *   void fake_nvml_set_devices(unsigned);                GPUs present (at most 8)
  *   int fake_nvml_fail(const char *function, int nvml_rc); 0 = succeed again; -1 = unknown name
  *   int fake_nvml_inits(void);                           nvmlInit_v2 calls not shut down yet
- *   unsigned long long fake_nvml_calls(const char *function); calls so far (failed ones too)
+ *   unsigned long long fake_nvml_calls(const char *function); calls so far (failed ones too);
+ *                                                        aborts on a name the fake lacks
  *   unsigned fake_nvml_locked_mhz(unsigned gpu);         the GPU's locked clock, 0 = not locked
  */
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -83,6 +85,8 @@ static const char *const fn_names[F_COUNT] = {
 #define DEFAULT_MHZ 1980u
 static const unsigned supported_mhz[] = {1980, 1410, 900, 345}; /* NVML lists them descending */
 
+#define DEVICES_MAX 8
+
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct {
     int fail_rc[F_COUNT];
@@ -93,11 +97,11 @@ static struct {
     unsigned long long since_ns;  /* when power_mw was set */
     unsigned long long period_ns; /* 0 = the counter is always current */
     unsigned long long calls[F_COUNT];
-    unsigned locked_mhz[8]; /* per GPU; 0 = not locked */
+    unsigned locked_mhz[DEVICES_MAX]; /* per GPU; 0 = not locked */
 } st = {.devices = 1};
 
 /* One handle per device: the address of a static byte, never dereferenced by callers. */
-static char devices[8];
+static char devices[DEVICES_MAX];
 
 static unsigned long long host_ns(void)
 {
@@ -155,21 +159,28 @@ EXPORT void fake_nvml_set_update_period_ns(unsigned long long ns)
 EXPORT void fake_nvml_set_devices(unsigned n)
 {
     pthread_mutex_lock(&mu);
-    st.devices = n < sizeof devices ? n : sizeof devices;
+    st.devices = n < DEVICES_MAX ? n : DEVICES_MAX;
     pthread_mutex_unlock(&mu);
+}
+
+/* The F_ index of an NVML function by name; F_COUNT when the fake does not have it. */
+static int fn_index(const char *function)
+{
+    int f = 0;
+    while (f < F_COUNT && strcmp(fn_names[f], function) != 0)
+        f++;
+    return f;
 }
 
 EXPORT int fake_nvml_fail(const char *function, int nvml_rc)
 {
-    for (int f = 0; f < F_COUNT; f++) {
-        if (strcmp(fn_names[f], function) == 0) {
-            pthread_mutex_lock(&mu);
-            st.fail_rc[f] = nvml_rc;
-            pthread_mutex_unlock(&mu);
-            return 0;
-        }
-    }
-    return -1;
+    int f = fn_index(function);
+    if (f == F_COUNT)
+        return -1;
+    pthread_mutex_lock(&mu);
+    st.fail_rc[f] = nvml_rc;
+    pthread_mutex_unlock(&mu);
+    return 0;
 }
 
 EXPORT int fake_nvml_inits(void)
@@ -182,11 +193,14 @@ EXPORT int fake_nvml_inits(void)
 
 EXPORT unsigned long long fake_nvml_calls(const char *function)
 {
-    unsigned long long n = 0;
+    int f = fn_index(function);
+    /* A count of 0 for a misspelt name would pass every "never called" check. */
+    if (f == F_COUNT) {
+        fprintf(stderr, "fake_nvml_calls: the fake has no NVML function '%s'\n", function);
+        abort();
+    }
     pthread_mutex_lock(&mu);
-    for (int f = 0; f < F_COUNT; f++)
-        if (strcmp(fn_names[f], function) == 0)
-            n = st.calls[f];
+    unsigned long long n = st.calls[f];
     pthread_mutex_unlock(&mu);
     return n;
 }
@@ -194,7 +208,7 @@ EXPORT unsigned long long fake_nvml_calls(const char *function)
 EXPORT unsigned fake_nvml_locked_mhz(unsigned gpu)
 {
     pthread_mutex_lock(&mu);
-    unsigned mhz = gpu < sizeof devices ? st.locked_mhz[gpu] : 0;
+    unsigned mhz = gpu < DEVICES_MAX ? st.locked_mhz[gpu] : 0;
     pthread_mutex_unlock(&mu);
     return mhz;
 }
@@ -253,6 +267,12 @@ EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice
         *dev = (nvmlDevice_t)(void *)&devices[index];
     pthread_mutex_unlock(&mu);
     return rc;
+}
+
+/* The index of a handle check_device accepted. */
+static unsigned gpu_of(nvmlDevice_t dev)
+{
+    return (unsigned)((char *)(void *)dev - devices);
 }
 
 static int check_device(nvmlDevice_t dev)
@@ -324,7 +344,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t dev, char *name, unsigned int
     if (!rc)
         rc = check_device(dev);
     if (!rc)
-        snprintf(name, length, "Fake GPU %d", (int)((char *)(void *)dev - devices));
+        snprintf(name, length, "Fake GPU %u", gpu_of(dev));
     pthread_mutex_unlock(&mu);
     return rc;
 }
@@ -341,7 +361,7 @@ EXPORT nvmlReturn_t nvmlDeviceSetGpuLockedClocks(nvmlDevice_t dev, unsigned int 
     if (!rc && (min_mhz != max_mhz || min_mhz == 0))
         rc = 2; /* this fake locks one clock only */
     if (!rc)
-        st.locked_mhz[(char *)(void *)dev - devices] = min_mhz;
+        st.locked_mhz[gpu_of(dev)] = min_mhz;
     pthread_mutex_unlock(&mu);
     return rc;
 }
@@ -353,7 +373,7 @@ EXPORT nvmlReturn_t nvmlDeviceResetGpuLockedClocks(nvmlDevice_t dev)
     if (!rc)
         rc = check_device(dev);
     if (!rc)
-        st.locked_mhz[(char *)(void *)dev - devices] = 0;
+        st.locked_mhz[gpu_of(dev)] = 0;
     pthread_mutex_unlock(&mu);
     return rc;
 }
@@ -365,7 +385,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t dev, int type, unsigned 
     if (!rc)
         rc = check_device(dev);
     if (!rc && type == 0) { /* NVML_CLOCK_GRAPHICS */
-        unsigned locked = st.locked_mhz[(char *)(void *)dev - devices];
+        unsigned locked = st.locked_mhz[gpu_of(dev)];
         *mhz = locked ? locked : DEFAULT_MHZ;
     } else if (!rc && type == 2) { /* NVML_CLOCK_MEM */
         *mhz = MEM_MHZ;

@@ -129,9 +129,9 @@ static int freq_nvml_set(struct etf_freq *base, uint64_t hz)
     uint64_t mhz = hz / HZ_PER_MHZ;
     if (hz == 0 || hz % HZ_PER_MHZ != 0 || mhz > UINT_MAX)
         return etf_diagf(err, ETF_EINVAL,
-                         WHO ": %" PRIu64 " Hz is not a whole number of MHz (NVML locks clocks in "
-                             "MHz)",
-                         hz);
+                         WHO ": %" PRIu64 " Hz: expected a whole number of MHz from 1 to %u (NVML "
+                             "locks clocks in MHz)",
+                         hz, UINT_MAX);
     if (c->n_avail && !etf__freq_listed(c->avail, c->n_avail, mhz)) {
         char list[400];
         etf__freq_format_list(c->avail, c->n_avail, HZ_PER_MHZ, list, sizeof list);

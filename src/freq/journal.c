@@ -1,5 +1,6 @@
 /* Clock nodes and the restore journal of the frequency controllers that change real clocks. */
 #include "freq/journal.h"
+#include "util/array.h"
 #include "util/file.h"
 
 #include <ctype.h>
@@ -440,8 +441,11 @@ static int parse_node(char *line, struct etf_clk_node *nd, const char *path, int
     if (strcmp(tok[0], "nvml") == 0) {
         uint64_t gpu;
         nd->kind = ETF_CLK_NVML;
-        if (n < 2 || !parse_kv(tok[1], "gpu", &gpu) || gpu >= NVML_GPUS_MAX)
-            return line_error(diag, path, lineno, "gpu=<NVML index>", n < 2 ? "" : tok[1]);
+        if (n < 2 || !parse_kv(tok[1], "gpu", &gpu) || gpu >= NVML_GPUS_MAX) {
+            char want[48];
+            snprintf(want, sizeof want, "gpu=<NVML index> (below %d)", NVML_GPUS_MAX);
+            return line_error(diag, path, lineno, want, n < 2 ? "" : tok[1]);
+        }
         if (n > 2)
             return line_error(diag, path, lineno, "the end of the line", tok[2]);
         nd->gpu = (unsigned)gpu;
@@ -496,7 +500,7 @@ static int parse_journal(char *text, const char *path, const char *root, struct 
                          size_t *n_out, struct etf_diag *diag)
 {
     struct etf_clk_node *nodes = NULL;
-    size_t n = 0;
+    size_t n = 0, cap = 0;
     int rc = 0, lineno = 0, state = 0; /* 0: magic, 1: root, 2: nodes, 3: after end */
     char *p = text;
     while (*p) {
@@ -540,13 +544,9 @@ static int parse_journal(char *text, const char *path, const char *root, struct 
                 rc = line_error(diag, path, lineno, "at most 256 nodes", line);
                 goto free_nodes;
             }
-            if (n % 16 == 0) {
-                struct etf_clk_node *grown = realloc(nodes, (n + 16) * sizeof *nodes);
-                if (!grown) {
-                    rc = etf_diagf(diag, ETF_ENOMEM, "clock journal %s: out of memory", path);
-                    goto free_nodes;
-                }
-                nodes = grown;
+            if (etf__reserve(&nodes, n, &cap, sizeof *nodes, 16)) {
+                rc = etf_diagf(diag, ETF_ENOMEM, "clock journal %s: out of memory", path);
+                goto free_nodes;
             }
             rc = parse_node(line, &nodes[n], path, lineno, diag);
             if (rc)
@@ -734,15 +734,21 @@ int etf__clk_ctl_begin(struct etf_clk_ctl *c, struct etf_diag *diag)
         return rc;
     /* A temporary file is all a crash while writing can leave: the journal itself was
      * either not replaced yet or replaced whole. */
-    char tmp[300];
-    snprintf(tmp, sizeof tmp, "%s.tmp", c->journal_path);
-    unlink(tmp);
+    etf__file_remove_tmp(c->journal_path);
     rc = restore_file(c, diag);
     if (rc) {
         close(c->lock_fd);
         c->lock_fd = -1;
     }
     return rc;
+}
+
+/* Drops what close would put back (the journal is left as it is). */
+static void forget_saved(struct etf_clk_ctl *c)
+{
+    free(c->saved);
+    c->saved = NULL;
+    c->n_saved = 0;
 }
 
 int etf__clk_ctl_save(struct etf_clk_ctl *c, const struct etf_clk_node *nodes, size_t n,
@@ -755,24 +761,19 @@ int etf__clk_ctl_save(struct etf_clk_ctl *c, const struct etf_clk_node *nodes, s
     memcpy(c->saved, nodes, n * sizeof *nodes);
     c->n_saved = n;
     char *text = format_journal(&c->fs, nodes, n, &len);
-    if (!text)
-        return etf_diagf(diag, ETF_ENOMEM, "clock journal: out of memory");
-    int rc = write_journal(c->journal_path, text, len, diag);
+    int rc = text ? write_journal(c->journal_path, text, len, diag)
+                  : etf_diagf(diag, ETF_ENOMEM, "clock journal: out of memory");
     free(text);
-    if (rc) {
-        /* Nothing was changed yet, so nothing needs to be put back. */
-        free(c->saved);
-        c->saved = NULL;
-        c->n_saved = 0;
-    }
+    /* Nothing was changed yet, so nothing needs to be put back; and with nothing saved, the
+     * next change journals again (nvml journals before its first lock). */
+    if (rc)
+        forget_saved(c);
     return rc;
 }
 
 int etf__clk_ctl_discard(struct etf_clk_ctl *c, struct etf_diag *diag)
 {
-    free(c->saved);
-    c->saved = NULL;
-    c->n_saved = 0;
+    forget_saved(c);
     return remove_journal(c->journal_path, diag);
 }
 
@@ -784,9 +785,7 @@ int etf__clk_ctl_end(struct etf_clk_ctl *c, struct etf_diag *diag)
         /* A failed restore keeps the journal for etfd --restore-clocks. */
         if (!rc)
             rc = remove_journal(c->journal_path, diag);
-        free(c->saved);
-        c->saved = NULL;
-        c->n_saved = 0;
+        forget_saved(c);
     }
     if (c->lock_fd >= 0) {
         close(c->lock_fd);

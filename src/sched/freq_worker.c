@@ -4,15 +4,21 @@
 #include "etf/etf.h"
 #include "freq/freq.h"
 
+/* A request is posted and its result not in yet. Under w->lock. */
+static bool pending(const struct etf_freq_worker *w)
+{
+    return w->posted && !w->done;
+}
+
 static void *worker_main(void *arg)
 {
     struct etf_freq_worker *w = arg;
     pthread_mutex_lock(&w->lock);
     for (;;) {
-        while (!w->stopping && !(w->posted && !w->done))
+        while (!w->stopping && !pending(w))
             pthread_cond_wait(&w->cond, &w->lock);
-        if (w->stopping && !(w->posted && !w->done))
-            break;
+        if (!pending(w))
+            break; /* stopping, with nothing left to do */
         uint64_t hz = w->hz;
         pthread_mutex_unlock(&w->lock);
         /* The controller's own settling wait (devfreq, cpufreq: cur_freq following) happens
@@ -58,7 +64,7 @@ void etf__freq_worker_post(struct etf_freq_worker *w, uint64_t hz)
 int etf__freq_worker_wait(struct etf_freq_worker *w)
 {
     pthread_mutex_lock(&w->lock);
-    while (w->posted && !w->done)
+    while (pending(w))
         pthread_cond_wait(&w->cond, &w->lock);
     int rc = w->posted ? w->rc : 0;
     w->posted = false;

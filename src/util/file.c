@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,10 +33,23 @@ int etf__file_sync_dir(const char *path)
     return rc;
 }
 
+/* The temporary file etf__file_replace writes before renaming it over path. */
+static bool tmp_name(const char *path, char (*tmp)[PATH_MAX])
+{
+    return snprintf(*tmp, sizeof *tmp, "%s.tmp", path) < (int)sizeof *tmp;
+}
+
+void etf__file_remove_tmp(const char *path)
+{
+    char tmp[PATH_MAX];
+    if (tmp_name(path, &tmp))
+        unlink(tmp);
+}
+
 int etf__file_replace(const char *path, const void *data, size_t len, const char **what)
 {
     char tmp[PATH_MAX];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+    if (!tmp_name(path, &tmp)) {
         *what = "name its temporary file";
         return -ENAMETOOLONG;
     }
@@ -85,7 +99,7 @@ remove_tmp:
 }
 
 int etf__file_read_with(const char *path, size_t max, void *(*alloc)(void *ctx, size_t size),
-                      void *ctx, void **bytes, size_t *len, struct etf_diag *diag)
+                        void *ctx, void **bytes, size_t *len, struct etf_diag *diag)
 {
     *bytes = NULL;
     *len = 0;
@@ -95,8 +109,13 @@ int etf__file_read_with(const char *path, size_t max, void *(*alloc)(void *ctx, 
                          strerror(errno));
     int rc = 0;
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        rc = etf_diagf(diag, ETF_EIO, "%s: not a regular file", path);
+    if (fstat(fd, &st) != 0) {
+        rc = etf_diagf(diag, ETF_EIO, "%s: stat failed: %s", path, strerror(errno));
+        goto close_fd;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        rc = etf_diagf(diag, ETF_EIO, "%s: expected a regular file, found %s", path,
+                       S_ISDIR(st.st_mode) ? "a directory" : "a device, pipe or socket");
         goto close_fd;
     }
     if ((uint64_t)st.st_size > max) {

@@ -31,6 +31,9 @@ void etf__file_release(struct etf__file_buf *f);
  * temporary file is then removed (once the rename is done, only the directory's flush can
  * fail, and the new file stays). */
 int etf__file_replace(const char *path, const void *data, size_t len, const char **what);
+/* Removes the temporary file that a crash inside etf__file_replace(path, ...) can leave
+ * (the file at path itself is then the old one or the new one, whole). */
+void etf__file_remove_tmp(const char *path);
 
 /* Flushes the directory holding path, so that a rename or removal in it is on disk.
  * Returns 0 or -errno. */

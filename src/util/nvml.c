@@ -92,8 +92,9 @@ int etf__nvml_open(struct etf_nvml *n, const char *library_path, unsigned index,
     snprintf(n->gpu, sizeof n->gpu, "GPU %u", index);
     if (etf__nvml_symbol(n, "nvmlDeviceGetName", &name)) {
         char text[NVML_DEVICE_NAME_V2_BUFFER_SIZE] = {0};
+        /* Bounded: a name that fills the buffer may come without its terminator. */
         if (name(n->dev, text, sizeof text) == NVML_SUCCESS && text[0])
-            snprintf(n->gpu, sizeof n->gpu, "%s", text);
+            snprintf(n->gpu, sizeof n->gpu, "%.*s", (int)sizeof text - 1, text);
     }
     return 0;
 close:

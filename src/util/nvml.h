@@ -24,7 +24,6 @@ typedef struct nvmlDevice_st *nvmlDevice_t;
 #define NVML_ERROR_INVALID_ARGUMENT 2
 #define NVML_ERROR_NOT_SUPPORTED 3
 #define NVML_ERROR_NO_PERMISSION 4
-#define NVML_ERROR_INSUFFICIENT_SIZE 7
 #define NVML_DEVICE_NAME_V2_BUFFER_SIZE 96
 
 /* One GPU reached through a loaded, initialised NVML. */
@@ -43,10 +42,10 @@ struct etf_nvml {
 
 /* Loads the library (library_path; NULL or "" = $ETF_NVML_LIBRARY, else
  * libnvidia-ml.so.1), starts NVML and finds the GPU of NVML index `index`. `who` begins
- * every message ("meter nvml"). Errors: ETF_ENOTSUP (no such library, or not NVML),
- * ETF_EDEVICE (NVML does not start, no such GPU), ETF_ENOMEM. On failure nothing is held;
- * on success close n with etf__nvml_close. NVML counts its starts, so several users of one
- * GPU in a process each open their own. */
+ * every message ("meter nvml"). Errors: ETF_EINVAL (a library path too long), ETF_ENOTSUP
+ * (no such library, or not NVML), ETF_EDEVICE (NVML does not start, no such GPU). On
+ * failure nothing is held; on success close n with etf__nvml_close. NVML counts its
+ * starts, so several users of one GPU in a process each open their own. */
 int etf__nvml_open(struct etf_nvml *n, const char *library_path, unsigned index, const char *who,
                    struct etf_diag *diag);
 /* Stops NVML (if started) and unloads the library. Safe on a zeroed or failed n. */
