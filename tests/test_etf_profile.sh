@@ -139,6 +139,7 @@ started=$(date +%s)
 
 expect_usage "expected exactly one MODEL" --out "$tmp/x.json"
 expect_usage "--out PROFILE.json is required" "$tmp/tiny.json" --device sim
+expect_usage "--out: expected a file name, found ''" "$tmp/tiny.json" --device sim --out ""
 expect_usage "unknown or incomplete option '--bogus'" "$tmp/tiny.json" --bogus --out "$tmp/x.json"
 expect_usage "--freqs: expected 'all' or frequencies in Hz" "$tmp/tiny.json" --freqs 1,,2 --out "$tmp/x.json"
 expect_usage "--freqs: expected 'all'" "$tmp/tiny.json" --freqs 0 --out "$tmp/x.json"
@@ -152,7 +153,7 @@ expect_usage "1200000000 Hz is not on offer (the sim controller has: 1000000000 
 expect_usage "the none controller cannot set the clock: one frequency at most" \
     "$tmp/tiny.json" "${sim[@]}" --freq none --freqs 1000000000,2000000000 --out "$tmp/x.json"
 expect_usage "the clock of the sim device is unknown" "$tmp/tiny.json" "${sim[@]}" --freq none --out "$tmp/x.json"
-expect_usage "--allow-gpu-clock-changes" "$tmp/tiny_gpu.json" "${sim[@]}" --freq nvml --out "$tmp/x.json"
+expect_usage "changing GPU clocks is off" "$tmp/tiny_gpu.json" "${sim[@]}" --freq nvml --out "$tmp/x.json"
 [ ! -e "$tmp/x.json" ] && [ ! -e "$tmp/x.json.partial" ] || die "a usage error left a file"
 passed "usage errors exit 2 and say what was expected"
 

@@ -41,6 +41,12 @@ static void on_event(void *arg, const struct etf_profiler_event *ev)
     assert_int_equal(ev->total, ev->n_kernels * ev->n_freqs);
     if (ev->kind == ETF_PROFILER_START)
         e->resumed = ev->resumed;
+    if (ev->kind == ETF_PROFILER_DONE) {
+        /* What was written, for the caller's summary. */
+        assert_non_null(ev->profile);
+        assert_string_equal(ev->profile->model_name, "m");
+        assert_int_equal(ev->profile->n_freqs, ev->n_freqs);
+    }
     if (ev->kind == ETF_PROFILER_KERNEL) {
         /* 400 µs and 100 µs kernels, slept: never shorter, and a slow host adds little. */
         double want = ev->kernel_index == 0 ? 400 : 100;

@@ -61,3 +61,52 @@ bool etf_cli_double(const char *s, double lo, double hi, double *out)
     *out = v;
     return true;
 }
+
+bool etf_cli_threads(const char *prog, const char *s, int *out)
+{
+    long v;
+    if (!etf_cli_long(s, 1, 1024, &v)) {
+        etf_cli_fail(prog, 0, "--threads: expected 1..1024, found '%s'", s);
+        return false;
+    }
+    *out = (int)v;
+    return true;
+}
+
+bool etf_cli_batch(const char *prog, const char *s, size_t *out)
+{
+    long v;
+    if (!etf_cli_long(s, 1, 65536, &v)) {
+        etf_cli_fail(prog, 0, "--batch: expected 1..65536, found '%s'", s);
+        return false;
+    }
+    *out = (size_t)v;
+    return true;
+}
+
+bool etf_cli_hw_option(struct etf_cli_hw *hw, int c, const char *arg)
+{
+    switch (c) {
+    case 'e':
+        hw->meter = arg;
+        break;
+    case 'f':
+        hw->freq = arg;
+        break;
+    case 'a':
+        hw->rail = arg;
+        break;
+    case 's':
+        hw->sysfs_root = arg;
+        break;
+    case 'j':
+        hw->journal = arg;
+        break;
+    case 'A':
+        hw->allow_clock_changes = true;
+        break;
+    default:
+        return false;
+    }
+    return true;
+}

@@ -11,7 +11,6 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,17 +37,23 @@ static void usage(FILE *f)
                "runs that leave both on the device (the warm-up runs copy them).\n");
 }
 
-#define fail(...) etf_cli_fail("etf-run", __VA_ARGS__)
+#define PROG "etf-run"
+#define fail(...) etf_cli_fail(PROG, __VA_ARGS__)
 
 static int parse_args(int argc, char **argv, struct options *o)
 {
     static const struct option longs[] = {
-        {"device", required_argument, NULL, 'd'},  {"threads", required_argument, NULL, 't'},
-        {"batch", required_argument, NULL, 'b'},   {"input", required_argument, NULL, 'i'},
-        {"output", required_argument, NULL, 'o'},  {"iters", required_argument, NULL, 'n'},
-        {"warmup", required_argument, NULL, 'w'},  {"profile-out", required_argument, NULL, 'p'},
+        {"device", required_argument, NULL, 'd'},
+        {"threads", required_argument, NULL, 't'},
+        {"batch", required_argument, NULL, 'b'},
+        {"input", required_argument, NULL, 'i'},
+        {"output", required_argument, NULL, 'o'},
+        {"iters", required_argument, NULL, 'n'},
+        {"warmup", required_argument, NULL, 'w'},
+        {"profile-out", required_argument, NULL, 'p'},
         {"resident", no_argument, NULL, 'r'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     *o = (struct options){.device = "cpu", .iters = 20, .warmup = 2};
     int c;
@@ -56,19 +61,25 @@ static int parse_args(int argc, char **argv, struct options *o)
     opterr = 0;
     while ((c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
         switch (c) {
-        case 'd': o->device = optarg; break;
-        case 'i': o->input = optarg; break;
-        case 'o': o->output = optarg; break;
-        case 'p': o->profile_out = optarg; break;
+        case 'd':
+            o->device = optarg;
+            break;
+        case 'i':
+            o->input = optarg;
+            break;
+        case 'o':
+            o->output = optarg;
+            break;
+        case 'p':
+            o->profile_out = optarg;
+            break;
         case 't':
-            if (!etf_cli_long(optarg, 1, 1024, &v))
-                return fail(EXIT_USAGE, "--threads: expected 1..1024, found '%s'", optarg);
-            o->threads = (int)v;
+            if (!etf_cli_threads(PROG, optarg, &o->threads))
+                return EXIT_USAGE;
             break;
         case 'b':
-            if (!etf_cli_long(optarg, 1, 65536, &v))
-                return fail(EXIT_USAGE, "--batch: expected 1..65536, found '%s'", optarg);
-            o->batch = (size_t)v;
+            if (!etf_cli_batch(PROG, optarg, &o->batch))
+                return EXIT_USAGE;
             break;
         case 'n':
             if (!etf_cli_long(optarg, 1, 100000000, &v))
@@ -80,8 +91,12 @@ static int parse_args(int argc, char **argv, struct options *o)
                 return fail(EXIT_USAGE, "--warmup: expected 0..100000, found '%s'", optarg);
             o->warmup = v;
             break;
-        case 'r': o->resident = true; break;
-        case 'h': usage(stdout); exit(0);
+        case 'r':
+            o->resident = true;
+            break;
+        case 'h':
+            usage(stdout);
+            exit(0);
         default:
             usage(stderr);
             return fail(EXIT_USAGE, "unknown or incomplete option '%s'", argv[optind - 1]);
@@ -108,9 +123,8 @@ static int read_tensor(const char *path, float *dst, size_t floats)
     int extra = fgetc(f);
     fclose(f);
     if (got != floats || extra != EOF)
-        return fail(EXIT_USAGE,
-                    "--input %s: expected %zu bytes (%zu fp32 values), the file has %s", path,
-                    floats * sizeof *dst, floats, got != floats ? "fewer" : "more");
+        return fail(EXIT_USAGE, "--input %s: expected %zu bytes (%zu fp32 values), the file has %s",
+                    path, floats * sizeof *dst, floats, got != floats ? "fewer" : "more");
     return 0;
 }
 
@@ -161,8 +175,8 @@ static int write_profile(const char *path, const struct etf_plan *plan, struct e
                          uint64_t mid, uint64_t hz)
 {
     size_t n = etf_plan_kernel_count(plan);
-    struct etf_profile p = {.model_name = (char *)etf_plan_name(plan), .n_freqs = 1,
-                            .freqs_hz = &hz, .n_kernels = n};
+    struct etf_profile p = {
+        .model_name = (char *)etf_plan_name(plan), .n_freqs = 1, .freqs_hz = &hz, .n_kernels = n};
     double total = 0;
     p.kernels = calloc(n, sizeof *p.kernels);
     double *times = calloc(n, sizeof *times);
@@ -251,8 +265,12 @@ int main(int argc, char **argv)
         exit_code = fail(EXIT_USAGE, "%s", diag.msg);
         goto out;
     }
-    struct etf_sched_config cfg = {.quantum_ns = 1000000000, .phi = 1, .device = dev,
-                                   .freq = freq, .on_done = on_done, .on_done_arg = &st};
+    struct etf_sched_config cfg = {.quantum_ns = 1000000000,
+                                   .phi = 1,
+                                   .device = dev,
+                                   .freq = freq,
+                                   .on_done = on_done,
+                                   .on_done_arg = &st};
     uint64_t eid, mid;
     struct etf_model_spec spec = {.plan = plan};
     /* One load: the device frees the plan's weights as it copies them, and whatever it left

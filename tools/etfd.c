@@ -25,7 +25,6 @@
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,9 +48,7 @@ struct options {
     size_t max_queued;
     double drain_s;
     bool have_quantum, have_phi;
-    const char *meter, *freq;   /* backend names; NULL = the service's defaults */
-    struct etf_meter_config meter_cfg;
-    struct etf_freq_config freq_cfg;
+    struct etf_cli_hw hw; /* meter and freq NULL: the service's defaults */
     bool restore_clocks;
 };
 
@@ -76,7 +73,8 @@ static void usage(FILE *f)
             "--allow-gpu-clock-changes; clocks are put back at exit.\n");
 }
 
-#define fail(...) etf_cli_fail("etfd", __VA_ARGS__)
+#define PROG "etfd"
+#define fail(...) etf_cli_fail(PROG, __VA_ARGS__)
 
 static bool device_built(const char *name)
 {
@@ -125,13 +123,8 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"max-queued", required_argument, NULL, 'Q'},
         {"drain-s", required_argument, NULL, 'D'},
         {"results", required_argument, NULL, 'r'},
-        {"meter", required_argument, NULL, 'e'},
-        {"freq", required_argument, NULL, 'f'},
-        {"rail", required_argument, NULL, 'a'},
-        {"sysfs-root", required_argument, NULL, 's'},
-        {"journal", required_argument, NULL, 'j'},
+        ETF_CLI_HW_OPTIONS,
         {"restore-clocks", no_argument, NULL, 'R'},
-        {"allow-gpu-clock-changes", no_argument, NULL, 'A'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -164,32 +157,12 @@ static int parse_args(int argc, char **argv, struct options *o)
         case 'r':
             o->results = optarg;
             break;
-        case 'e':
-            o->meter = optarg;
-            break;
-        case 'f':
-            o->freq = optarg;
-            break;
-        case 'a':
-            o->meter_cfg.rail = optarg;
-            break;
-        case 's':
-            o->meter_cfg.sysfs.root = optarg;
-            o->freq_cfg.sysfs.root = optarg;
-            break;
-        case 'j':
-            o->freq_cfg.journal_path = optarg;
-            break;
         case 'R':
             o->restore_clocks = true;
             break;
-        case 'A':
-            o->freq_cfg.allow_clock_changes = true;
-            break;
         case 't':
-            if (!etf_cli_u64(optarg, 1, 1024, &v))
-                return fail(EXIT_USAGE, "--threads: expected 1..1024, found '%s'", optarg);
-            o->threads = (int)v;
+            if (!etf_cli_threads(PROG, optarg, &o->threads))
+                return EXIT_USAGE;
             break;
         case 'M':
             if (!etf_cli_u64(optarg, 1024, INT_MAX, &v))
@@ -211,6 +184,8 @@ static int parse_args(int argc, char **argv, struct options *o)
             usage(stdout);
             exit(0);
         default:
+            if (etf_cli_hw_option(&o->hw, c, optarg))
+                break;
             usage(stderr);
             return fail(EXIT_USAGE, "unknown or incomplete option '%s'", argv[optind - 1]);
         }
@@ -327,9 +302,13 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &dfl, NULL);
     sigaction(SIGPIPE, &ign, NULL);
 
+    struct etf_meter_config meter_cfg = {.rail = o.hw.rail, .sysfs.root = o.hw.sysfs_root};
+    struct etf_freq_config freq_cfg = {.sysfs.root = o.hw.sysfs_root,
+                                       .journal_path = o.hw.journal,
+                                       .allow_clock_changes = o.hw.allow_clock_changes};
     struct etf_diag diag;
     if (o.restore_clocks) {
-        if (etf_freq_restore_journal(&o.freq_cfg, &diag))
+        if (etf_freq_restore_journal(&freq_cfg, &diag))
             return fail(1, "%s", diag.msg);
         printf("etfd: clocks restored (or nothing to restore)\n");
         return 0;
@@ -343,10 +322,10 @@ int main(int argc, char **argv)
         .phi = o.phi,
         .device_threads = o.threads,
         .max_queued = o.max_queued,
-        .meter = o.meter,
-        .freq = o.freq,
-        .meter_cfg = &o.meter_cfg,
-        .freq_cfg = &o.freq_cfg,
+        .meter = o.hw.meter,
+        .freq = o.hw.freq,
+        .meter_cfg = &meter_cfg,
+        .freq_cfg = &freq_cfg,
     };
     if ((rc = etf_service_create(&scfg, &svc, &diag)))
         return fail(rc == ETF_ENOMEM || rc == ETF_EDEVICE ? 1 : EXIT_USAGE, "%s", diag.msg);

@@ -47,20 +47,21 @@ enum etf_profiler_clock {
 
 struct etf_profiler_event {
     enum etf_profiler_event_kind kind;
-    const char *model;             /* the model's name */
-    size_t n_kernels;              /* kernels of the model */
-    size_t n_freqs;                /* frequencies to measure */
-    size_t done, total;            /* measurements (kernel at frequency) complete, of all */
-    size_t resumed;                /* START: how many of those an earlier run made */
-    enum etf_profiler_clock clock; /* START */
-    bool power;                    /* the profile gets power figures (a meter measures) */
-    size_t freq_index;             /* FREQ, KERNEL: which frequency, 0-based */
-    uint64_t hz;                   /* FREQ, KERNEL: that frequency */
-    size_t kernel_index;           /* KERNEL */
-    const char *kernel;            /* KERNEL: its name */
-    double time_us;                /* KERNEL: the mean time of its runs */
-    double power_mw;               /* KERNEL, with power: its power */
-    uint64_t runs;                 /* KERNEL: how many times it ran */
+    const char *model;                 /* the model's name */
+    size_t n_kernels;                  /* kernels of the model */
+    size_t n_freqs;                    /* frequencies to measure */
+    size_t done, total;                /* measurements (kernel at frequency) complete, of all */
+    size_t resumed;                    /* START: how many of those an earlier run made */
+    enum etf_profiler_clock clock;     /* START */
+    bool power;                        /* the profile gets power figures (a meter measures) */
+    size_t freq_index;                 /* FREQ, KERNEL: which frequency, 0-based */
+    uint64_t hz;                       /* FREQ, KERNEL: that frequency */
+    size_t kernel_index;               /* KERNEL */
+    const char *kernel;                /* KERNEL: its name */
+    double time_us;                    /* KERNEL: the mean time of its runs */
+    double power_mw;                   /* KERNEL, with power: its power */
+    uint64_t runs;                     /* KERNEL: how many times it ran */
+    const struct etf_profile *profile; /* DONE: what was written (valid during the call) */
 };
 
 typedef void (*etf_profiler_event_fn)(void *arg, const struct etf_profiler_event *ev);

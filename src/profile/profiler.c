@@ -183,11 +183,6 @@ struct profiler {
     bool sampling;
 };
 
-static bool stopped(const struct profiler *p)
-{
-    return p->cfg->stop && *p->cfg->stop;
-}
-
 static void emit(const struct profiler *p, struct etf_profiler_event *ev)
 {
     ev->model = p->model;
@@ -403,6 +398,11 @@ static int progress_bad(struct profiler *p, const char *what)
                      p->partial, what);
 }
 
+static bool is_measurement(const cJSON *v)
+{
+    return cJSON_IsNumber(v) && isfinite(v->valuedouble) && v->valuedouble >= 0;
+}
+
 /* Takes the measurements of one frequency from the progress file. */
 static int progress_take(struct profiler *p, size_t f, const cJSON *m)
 {
@@ -425,14 +425,14 @@ static int progress_take(struct profiler *p, size_t f, const cJSON *m)
         p->freqs[f] = v;
     else if (v != p->freqs[f])
         return progress_bad(p, "a measurement's frequency is not its setup's");
-    for (int k = 0; k < n; k++) {
-        const cJSON *vt = cJSON_GetArrayItem(t, k), *vw = w ? cJSON_GetArrayItem(w, k) : NULL;
-        if (!cJSON_IsNumber(vt) || !isfinite(vt->valuedouble) || vt->valuedouble < 0 ||
-            (w && (!cJSON_IsNumber(vw) || !isfinite(vw->valuedouble) || vw->valuedouble < 0)))
+    /* Walked as lists (both have n items): cJSON_GetArrayItem starts from the head. */
+    const cJSON *vt = t->child, *vw = w ? w->child : NULL;
+    for (size_t k = 0; k < (size_t)n; k++, vt = vt->next, vw = w ? vw->next : NULL) {
+        if (!is_measurement(vt) || (w && !is_measurement(vw)))
             return progress_bad(p, "a measurement is not a number >= 0");
-        p->time_us[f * p->n_kernels + (size_t)k] = vt->valuedouble;
+        p->time_us[f * p->n_kernels + k] = vt->valuedouble;
         if (w)
-            p->power_mw[f * p->n_kernels + (size_t)k] = vw->valuedouble;
+            p->power_mw[f * p->n_kernels + k] = vw->valuedouble;
     }
     p->n_done[f] = (size_t)n;
     p->done += (size_t)n;
@@ -487,8 +487,12 @@ free_json:
 
 /* ---- Measuring ---- */
 
+/* Runs kernel k once, unless told to stop: then ETF_ESHUTDOWN, with what is saved. */
 static int launch(struct profiler *p, size_t k, uint64_t hz, uint64_t *busy_ns)
 {
+    if (p->cfg->stop && *p->cfg->stop)
+        return etf_diagf(p->diag, ETF_ESHUTDOWN, "interrupted: %zu of %zu measurements saved in %s",
+                         p->done, p->n_kernels * p->n_freqs, p->partial);
     struct etf_kernel_run run = {.dm = p->dm, .kernel = k, .freq_hz = hz};
     int rc = etf__device_launch(p->cfg->device, &run);
     if (rc)
@@ -499,12 +503,6 @@ static int launch(struct profiler *p, size_t k, uint64_t hz, uint64_t *busy_ns)
     return 0;
 }
 
-static int interrupted(struct profiler *p)
-{
-    return etf_diagf(p->diag, ETF_ESHUTDOWN, "interrupted: %zu of %zu measurements saved in %s",
-                     p->done, p->n_kernels * p->n_freqs, p->partial);
-}
-
 /* Runs kernel k at hz for at least min_time and measures it. */
 static int measure(struct profiler *p, size_t k, uint64_t hz, struct etf_profiler_event *ev)
 {
@@ -513,8 +511,6 @@ static int measure(struct profiler *p, size_t k, uint64_t hz, struct etf_profile
     struct reading w0 = {0}, w1 = {0};
     bool have_w0 = false;
     for (;;) {
-        if (stopped(p))
-            return interrupted(p);
         uint64_t ns;
         int rc = launch(p, k, hz, &ns);
         if (rc)
@@ -566,8 +562,6 @@ static int warm_up(struct profiler *p, uint64_t hz)
 {
     for (unsigned i = 0; i < p->cfg->warmup; i++) {
         for (size_t k = 0; k < p->n_kernels; k++) {
-            if (stopped(p))
-                return interrupted(p);
             uint64_t ns;
             int rc = launch(p, k, hz, &ns);
             if (rc)
@@ -662,7 +656,7 @@ static int write_profile(struct profiler *p)
         goto free_all;
     if (unlink(p->partial) == 0)
         etf__file_sync_dir(p->partial);
-    struct etf_profiler_event ev = {.kind = ETF_PROFILER_DONE};
+    struct etf_profiler_event ev = {.kind = ETF_PROFILER_DONE, .profile = &out};
     emit(p, &ev);
 free_all:
     free(out.kernels);
