@@ -305,7 +305,7 @@ int main(int argc, char **argv)
                                           {"help", no_argument, NULL, 'h'},
                                           {NULL, 0, NULL, 0}};
     const char *device = NULL;
-    long threads = 0;
+    int threads = 0;
     double seconds = 10;
     int c;
     while ((c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
@@ -314,8 +314,8 @@ int main(int argc, char **argv)
             device = optarg;
             break;
         case 't':
-            if (!etf_cli_long(optarg, 1, 1024, &threads))
-                return etf_cli_fail(PROG, 2, "--threads: expected 1..1024, found '%s'", optarg);
+            if (!etf_cli_threads(PROG, optarg, &threads))
+                return 2;
             break;
         case 's':
             if (!etf_cli_double(optarg, 0.1, 3600, &seconds))
@@ -361,7 +361,7 @@ int main(int argc, char **argv)
             goto out;
         }
     }
-    struct etf_device_config dcfg = {.threads = (int)threads};
+    struct etf_device_config dcfg = {.threads = threads};
     struct etf_device *dev;
     if (etf_device_open(device, &dcfg, &dev, &diag)) {
         rc = fail("device", &diag);
